@@ -1,0 +1,193 @@
+"""The batched demand model: mean utilities to shares for every market at once, and its inversion.
+
+:class:`DemandModel` holds the tensors of a :class:`~demandkit.problem.Problem` (no pandas, no
+formulas) and composes the kernels: random coefficients, choice probabilities, shares, the Berry
+inversion by a fixed-point method, and its implicit derivative with respect to
+:math:`\\theta = (\\Sigma, \\Pi, \\rho)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .kernels.fixed_point import (
+    FixedPointResult,
+    ImplicitInversion,
+    iterate_newton,
+    iterate_simple,
+    iterate_squarem,
+)
+from .kernels.shares import (
+    MASKED,
+    Nesting,
+    Probabilities,
+    agent_utilities,
+    compute_probabilities,
+    heterogeneity,
+    log_shares,
+    random_coefficients,
+    share_jacobian,
+)
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """Mean utilities that solve the share equations, with the solver's per-market diagnostics."""
+
+    delta: Tensor  # [T, J], differentiable in theta through the implicit function theorem
+    result: FixedPointResult
+
+
+class DemandModel:
+    """Shares and their inversion for all markets of a problem as padded tensors."""
+
+    def __init__(self, problem: object) -> None:
+        p = problem
+        self.mask = p.product_mask
+        self.log_market_shares = p.log_market_shares
+        self.logit_delta = p.logit_delta
+        self.K2 = p.K2
+        self.rc_types = p.rc_types
+        self.X2 = p.X2_padded
+        self.nesting = Nesting(p.nesting_codes, p.H) if p.H else None
+        if self.K2:
+            self.nodes = p.nodes_padded
+            self.demographics = p.demographics_padded
+            self.weights = p.agent_weights
+            self.log_weights = torch.where(
+                p.agent_mask, torch.log(torch.where(p.agent_mask, p.agent_weights, 1.0)), MASKED
+            )
+        else:
+            self.nodes = self.demographics = None
+            T = self.mask.shape[0]
+            self.weights = torch.ones((T, 1), dtype=p.dtype, device=p.device)
+            self.log_weights = torch.zeros((T, 1), dtype=p.dtype, device=p.device)
+
+    # ----------------------------------------------------------- primitives
+    def nodes_for(self, sigma: Tensor) -> Tensor:
+        """Nodes aligned with the columns of :math:`\\Sigma`: fewer node columns than ``K2`` fill the
+        columns with nonzero :math:`\\Sigma` in order, the rest are zero (as PyBLP)."""
+        nodes = self.nodes
+        if nodes.shape[-1] == self.K2:
+            return nodes
+        used = (sigma != 0).any(dim=0)
+        full = nodes.new_zeros(nodes.shape[:-1] + (self.K2,))
+        columns = torch.nonzero(used).flatten()[: nodes.shape[-1]]
+        full[..., columns] = nodes[..., : len(columns)]
+        return full
+
+    def mu(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
+        if not self.K2:
+            return None
+        coefficients = random_coefficients(self.nodes_for(sigma), self.demographics, sigma, pi, self.rc_types)
+        return heterogeneity(self.X2, coefficients)
+
+    def probabilities(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Probabilities:
+        nested_rho = rho if self.nesting is not None else None
+        return compute_probabilities(agent_utilities(delta, mu, self.mask), self.nesting, nested_rho)
+
+    def log_shares(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Tensor:
+        return log_shares(self.probabilities(delta, mu, rho), self.log_weights)
+
+    def log_share_jacobian(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Tensor:
+        """:math:`\\partial \\log s / \\partial \\delta`, ``[T, J, J]``, identity on padded slots."""
+        probabilities = self.probabilities(delta, mu, rho)
+        shares = torch.exp(log_shares(probabilities, self.log_weights))
+        jacobian = share_jacobian(probabilities, self.weights, self.mask, self.nesting)
+        both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
+        eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device).expand_as(jacobian)
+        return torch.where(both, jacobian / shares.unsqueeze(-1), eye)
+
+    def dampener(self, rho: Tensor) -> Tensor | float:
+        """:math:`1 - \\rho_{g(j)}` under nesting (keeps the contraction a contraction), else 1."""
+        if self.nesting is None:
+            return 1.0
+        rho_h = rho.expand(self.nesting.count) if rho.numel() == 1 else rho
+        return 1 - rho_h[self.nesting.ids]
+
+    # ------------------------------------------------------------ inversion
+    def closed_form_delta(self, rho: Tensor) -> Tensor:
+        """Logit :math:`\\log s_j - \\log s_0`, less :math:`\\rho \\log s_{j|g}` under nesting (no X2)."""
+        if self.nesting is None:
+            return self.logit_delta
+        shares = torch.where(self.mask, torch.exp(self.log_market_shares), 0.0)
+        nest_totals = torch.zeros(
+            (shares.shape[0], self.nesting.count), dtype=shares.dtype, device=shares.device
+        ).scatter_add(1, self.nesting.ids, shares)
+        log_within = self.log_market_shares - torch.log(nest_totals.gather(1, self.nesting.ids))
+        rho_h = rho.expand(self.nesting.count) if rho.numel() == 1 else rho
+        return torch.where(self.mask, self.logit_delta - rho_h[self.nesting.ids] * log_within, 0.0)
+
+    def invert(self, sigma: Tensor, pi: Tensor, rho: Tensor, start: Tensor, method: str, options: dict) -> Inversion:
+        """Solve :math:`s(\\delta; \\theta) = S` for :math:`\\delta` in every market.
+
+        The solve runs without autograd; the returned ``delta`` carries the implicit derivative.
+        """
+        T = self.mask.shape[0]
+        if not self.K2:
+            delta = self.closed_form_delta(rho)
+            ones = torch.ones(T, dtype=torch.int64, device=delta.device)
+            return Inversion(delta, FixedPointResult(delta.detach(), ones.bool(), 0 * ones, 0 * ones))
+        with torch.no_grad():
+            mu = self.mu(sigma.detach(), pi.detach())
+            r = rho.detach()
+            damp = self.dampener(r)
+            target = self.log_market_shares
+            start = torch.where(self.mask, start, 0.0)
+
+            def contraction(x: Tensor) -> Tensor:
+                return torch.where(self.mask, x + damp * (target - self.log_shares(x, mu, r)), 0.0)
+
+            if method == "return":
+                ones = torch.ones(T, dtype=torch.int64, device=start.device)
+                result = FixedPointResult(start, ones.bool(), 0 * ones, 0 * ones)
+            elif method == "newton":
+
+                def step(x: Tensor) -> Tensor:
+                    residual = torch.where(self.mask, target - self.log_shares(x, mu, r), 0.0)
+                    matrix = self.log_share_jacobian(x, mu, r)
+                    return torch.linalg.solve(matrix, residual.unsqueeze(-1)).squeeze(-1)
+
+                result = iterate_newton(step, start, self.mask, options)
+            elif method == "simple":
+                result = iterate_simple(contraction, start, self.mask, options)
+            else:
+                result = iterate_squarem(contraction, start, self.mask, options)
+
+        def residual(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
+            return torch.where(self.mask, self.log_shares(delta, self.mu(sigma_, pi_), rho_), 0.0)
+
+        def jacobian(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
+            return self.log_share_jacobian(delta, self.mu(sigma_, pi_), rho_)
+
+        delta = ImplicitInversion.apply(result.values, residual, jacobian, sigma, pi, rho)
+        return Inversion(delta, result)
+
+    def delta_jacobian(self, delta: Tensor, theta: Tensor, unpack: object) -> Tensor:
+        """:math:`\\partial\\delta/\\partial\\theta` at a solved ``delta``, ``[T, J, P]``, by forward-mode AD of
+        the share equations and one batched solve per market."""
+        P = theta.shape[0]
+        if P == 0:
+            return delta.new_zeros(delta.shape + (0,))
+        delta = delta.detach()
+
+        def log_shares_of(theta_: Tensor) -> Tensor:
+            sigma, pi, rho = unpack(theta_)
+            if not self.K2:
+                return self.closed_form_delta(rho)
+            return torch.where(self.mask, self.log_shares(delta, self.mu(sigma, pi), rho), 0.0)
+
+        columns = []
+        for p in range(P):  # a loop over parameters (post-estimation only), each a batched JVP
+            tangent = torch.zeros_like(theta)
+            tangent[p] = 1.0
+            columns.append(torch.func.jvp(log_shares_of, (theta.detach(),), (tangent,))[1])
+        derivative = torch.stack(columns, dim=-1)  # [T, J, P]
+        if not self.K2:
+            return derivative
+        sigma, pi, rho = unpack(theta.detach())
+        matrix = self.log_share_jacobian(delta, self.mu(sigma, pi), rho)
+        return -torch.linalg.solve(matrix, derivative)

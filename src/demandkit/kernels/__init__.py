@@ -1,0 +1,1 @@
+"""Pure tensor kernels: no pandas, no formulas, no printing, no host synchronisation inside."""

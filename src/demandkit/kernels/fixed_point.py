@@ -1,0 +1,189 @@
+"""Batched fixed-point solvers for the Berry inversion, and their implicit adjoint.
+
+Every market is iterated at once as a row of a ``[T, J]`` tensor; each market stops on its own
+criterion (its rows are frozen once converged) and reports its own iteration and evaluation counts.
+The only Python loop is over iterations. The adjoint differentiates the solution
+:math:`\\delta^*(\\theta)` of :math:`F(\\delta, \\theta) = \\log s(\\delta, \\theta) - \\log S = 0` by the
+implicit function theorem,
+:math:`\\partial\\delta^*/\\partial\\theta = -(\\partial F/\\partial\\delta)^{-1}\\partial F/\\partial\\theta`, with
+one batched linear solve per market in the backward pass; iterations are never unrolled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class FixedPointResult:
+    """Solution of a batched fixed point: values and per-market diagnostics."""
+
+    values: Tensor  # [T, J]
+    converged: Tensor  # [T] bool
+    iterations: Tensor  # [T] int64
+    evaluations: Tensor  # [T] int64
+
+
+def market_norm(x: Tensor, mask: Tensor, norm: str) -> Tensor:
+    """Per-market norm of ``x`` over real product slots, ``[T]``."""
+    x = torch.where(mask, x, torch.zeros_like(x))
+    if norm == "infinity":
+        return x.abs().amax(dim=-1)
+    return torch.linalg.vector_norm(x, dim=-1)
+
+
+def _close(change: Tensor, x: Tensor, mask: Tensor, options: dict[str, Any]) -> Tensor:
+    """Whether each market's change meets ``atol + rtol * ||x||``."""
+    tolerance = options["atol"] + options["rtol"] * market_norm(x, mask, options["norm"])
+    return market_norm(change, mask, options["norm"]) <= tolerance
+
+
+def iterate_simple(
+    contraction: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict
+) -> FixedPointResult:
+    """Plain iteration of ``x <- contraction(x)``."""
+    x = x0
+    T = x0.shape[0]
+    done = torch.zeros(T, dtype=torch.bool, device=x0.device)
+    counts = torch.zeros(T, dtype=torch.int64, device=x0.device)
+    for _ in range(int(options["max_evaluations"])):
+        new = contraction(x)
+        counts = counts + (~done)
+        finite = torch.isfinite(torch.where(mask, new, 0)).all(-1)
+        step_done = _close(new - x, x, mask, options) & finite
+        x = torch.where(done.unsqueeze(-1), x, new)
+        done = done | step_done
+        if bool(done.all()):
+            break
+    return FixedPointResult(x, done, counts, counts.clone())
+
+
+def iterate_squarem(
+    contraction: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict
+) -> FixedPointResult:
+    """SQUAREM (Varadhan and Roland 2008) with per-market step lengths.
+
+    One cycle maps :math:`x_0` to :math:`x_1 = G(x_0)`, :math:`x_2 = G(x_1)`, with :math:`r = x_1 - x_0`,
+    :math:`v = x_2 - 2x_1 + x_0`, a step :math:`\\alpha` (S1: :math:`r'v/v'v`, S2: :math:`r'r/r'v`,
+    S3: :math:`\\sqrt{r'r/v'v}`) clipped to ``[step_min, step_max]``, and the stabilised update
+    :math:`G(x_0 + 2\\alpha r + \\alpha^2 v)`. ``step_max`` grows by ``step_factor`` whenever it binds.
+    """
+    x = x0
+    T = x0.shape[0]
+    device = x0.device
+    done = torch.zeros(T, dtype=torch.bool, device=device)
+    evaluations = torch.zeros(T, dtype=torch.int64, device=device)
+    iterations = torch.zeros(T, dtype=torch.int64, device=device)
+    step_min = torch.full((T,), float(options["step_min"]), dtype=x0.dtype, device=device)
+    step_max = torch.full((T,), float(options["step_max"]), dtype=x0.dtype, device=device)
+    factor = float(options["step_factor"])
+    scheme = options["scheme"]
+    budget = int(options["max_evaluations"])
+    zero = torch.zeros_like(x0)
+
+    def settle(candidate: Tensor, previous: Tensor) -> None:
+        """Freeze markets whose step from ``previous`` to ``candidate`` meets the tolerance."""
+        nonlocal x, done
+        finite = torch.isfinite(torch.where(mask, candidate, zero)).all(-1)
+        newly = _close(candidate - previous, previous, mask, options) & finite & ~done
+        x = torch.where(newly.unsqueeze(-1), candidate, x)
+        done = done | newly
+
+    while True:
+        active = ~done
+        x1 = contraction(x)
+        evaluations = evaluations + active
+        x_start = x
+        settle(x1, x_start)
+        if bool(done.all()) or int(evaluations.max()) >= budget:
+            break
+        x2 = contraction(x1)
+        evaluations = evaluations + ~done
+        r = torch.where(mask, x1 - x_start, zero)
+        v = torch.where(mask, x2 - 2 * x1 + x_start, zero)
+        settle(x2, x1)
+        if bool(done.all()) or int(evaluations.max()) >= budget:
+            break
+        rr, rv, vv = (r * r).sum(-1), (r * v).sum(-1), (v * v).sum(-1)
+        if scheme == 1:
+            alpha = rv / vv
+        elif scheme == 2:
+            alpha = rr / rv
+        else:
+            alpha = torch.sqrt(rr / vv)
+        alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
+        alpha = torch.minimum(torch.maximum(alpha, step_min), step_max)
+        accelerated = x_start + (2 * alpha).unsqueeze(-1) * r + (alpha**2).unsqueeze(-1) * v
+        x3 = contraction(accelerated)
+        evaluations = evaluations + ~done
+        step_max = torch.where(alpha == step_max, step_max * factor, step_max)
+        step_min = torch.where((alpha == step_min) & (step_min < 0), step_min * factor, step_min)
+        finite = torch.isfinite(torch.where(mask, x3, zero)).all(-1)
+        candidate = torch.where(finite.unsqueeze(-1), x3, x2)
+        iterations = iterations + ~done
+        previous = torch.where(finite.unsqueeze(-1), accelerated, x1)
+        newly = _close(candidate - previous, previous, mask, options) & ~done
+        x = torch.where(done.unsqueeze(-1), x, candidate)
+        done = done | newly
+        if bool(done.all()) or int(evaluations.max()) >= budget:
+            break
+    return FixedPointResult(x, done, iterations, evaluations)
+
+
+def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict) -> FixedPointResult:
+    """Newton's method, ``x <- x + step(x)`` where ``step`` solves the linearised share equations."""
+    x = x0
+    T = x0.shape[0]
+    done = torch.zeros(T, dtype=torch.bool, device=x0.device)
+    counts = torch.zeros(T, dtype=torch.int64, device=x0.device)
+    for _ in range(int(options["max_evaluations"])):
+        change = step(x)
+        counts = counts + (~done)
+        new = x + change
+        finite = torch.isfinite(torch.where(mask, new, 0)).all(-1)
+        newly = _close(change, x, mask, options) & finite
+        x = torch.where(done.unsqueeze(-1) | ~finite.unsqueeze(-1), x, new)
+        done = done | newly
+        if bool(done.all()):
+            break
+    return FixedPointResult(x, done, counts, counts.clone())
+
+
+class ImplicitInversion(torch.autograd.Function):
+    """Attach :math:`\\partial\\delta^*/\\partial\\theta` to a solved fixed point by the implicit function theorem.
+
+    ``apply(delta, residual, jacobian, *params)`` returns ``delta`` unchanged. ``residual(delta, *params)``
+    is the differentiable part of :math:`F` (log shares, ``[T, J]``) and ``jacobian(delta, *params)`` its
+    derivative with respect to ``delta`` (``[T, J, J]``, identity on padded slots).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, delta: Tensor, residual: Callable, jacobian: Callable, *params: Tensor) -> Tensor:
+        ctx.residual = residual
+        ctx.jacobian = jacobian
+        ctx.save_for_backward(delta, *params)
+        return delta.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        delta, *params = ctx.saved_tensors
+        with torch.no_grad():
+            matrix = ctx.jacobian(delta, *params)
+            adjoint = torch.linalg.solve(matrix.transpose(-1, -2), grad.unsqueeze(-1)).squeeze(-1)
+        wanted = [i for i, p in enumerate(params) if ctx.needs_input_grad[3 + i]]
+        grads: list[Tensor | None] = [None] * len(params)
+        if wanted:
+            with torch.enable_grad():
+                inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
+                output = ctx.residual(delta, *inputs)
+                found = torch.autograd.grad(
+                    output, [inputs[i] for i in wanted], grad_outputs=-adjoint, allow_unused=True
+                )
+            for i, g in zip(wanted, found, strict=True):
+                grads[i] = g
+        return (None, None, None, *grads)

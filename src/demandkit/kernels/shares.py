@@ -1,0 +1,177 @@
+"""Choice probabilities, market shares and their Jacobians for (random-coefficients) nested logit.
+
+Shapes: ``T`` markets, ``J`` product slots (padded), ``I`` agent slots (padded), ``H`` nests,
+``K2`` random coefficients, ``D`` demographics. Utility of agent :math:`i` for product :math:`j` in
+market :math:`t` is :math:`u_{ijt} = \\delta_{jt} + \\mu_{ijt}` with the outside good's utility zero, and
+
+.. math::
+
+    \\mu_{ijt} = \\sum_k x^{(2)}_{jtk} f_k\\big((\\Sigma \\nu_{it} + \\Pi d_{it})_k\\big),
+
+where :math:`f_k` is the identity, ``exp`` (lognormal) or the logistic function (``rc_types``).
+With nests :math:`g` and nesting parameters :math:`\\rho_g`,
+
+.. math::
+
+    P_{ijt} = \\frac{e^{u_{ijt}/(1-\\rho_g)}}{e^{IV_{igt}}}
+              \\frac{e^{(1-\\rho_g) IV_{igt}}}{1 + \\sum_h e^{(1-\\rho_h) IV_{iht}}},\\qquad
+    IV_{igt} = \\log\\sum_{k\\in g} e^{u_{ikt}/(1-\\rho_g)},
+
+which is the logit when there are no nests. Everything is computed in logs. Padded products carry the
+finite utility :data:`MASKED` so that their exponentials are exactly zero and no gradient is ever NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MASKED = -1e30
+"""Utility given to padded product slots and log weight given to padded agent slots."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nesting:
+    """Nest membership of each product slot: ``ids [T, J]`` in ``0..H-1`` and the number ``H``."""
+
+    ids: Tensor
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Probabilities:
+    """Per-agent choice probabilities in logs (and, under nesting, within-nest conditionals)."""
+
+    log_probabilities: Tensor  # [T, J, I]
+    log_conditionals: Tensor | None  # [T, J, I], P_{j|g}
+    rho: Tensor | None  # [T, J], rho of each product's nest
+
+
+def random_coefficients(
+    nodes: Tensor, demographics: Tensor | None, sigma: Tensor, pi: Tensor | None, rc_types: tuple[str, ...]
+) -> Tensor:
+    """Agent-specific taste deviations :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, shape ``[T, I, K2]``."""
+    coefficients = nodes @ sigma.T
+    if pi is not None and demographics is not None and pi.numel() > 0:
+        coefficients = coefficients + demographics @ pi.T
+    if any(kind != "linear" for kind in rc_types):
+        columns = []
+        for k, kind in enumerate(rc_types):  # a loop over characteristics, not markets or agents
+            column = coefficients[..., k]
+            if kind == "log":
+                column = torch.exp(column)
+            elif kind == "logit":
+                column = torch.sigmoid(column)
+            columns.append(column)
+        coefficients = torch.stack(columns, dim=-1)
+    return coefficients
+
+
+def heterogeneity(X2: Tensor, coefficients: Tensor) -> Tensor:
+    """Agent-specific utility :math:`\\mu_{ijt} = \\sum_k x^{(2)}_{jtk} c_{itk}`, ``[T, J, I]``."""
+    return torch.einsum("tjk,tik->tji", X2, coefficients)
+
+
+def agent_utilities(delta: Tensor, mu: Tensor | None, product_mask: Tensor) -> Tensor:
+    """Utilities :math:`u_{ijt} = \\delta_{jt} + \\mu_{ijt}`, ``[T, J, I]``, padded slots set to :data:`MASKED`."""
+    utilities = delta.unsqueeze(-1) if mu is None else delta.unsqueeze(-1) + mu
+    return torch.where(product_mask.unsqueeze(-1), utilities, torch.full_like(utilities, MASKED))
+
+
+def _group_logsumexp(values: Tensor, nesting: Nesting) -> Tensor:
+    """:math:`\\log\\sum_{j\\in g} e^{v_{ji}}` for every nest, ``[T, H, I]`` (empty nests about MASKED)."""
+    T, _, I = values.shape
+    index = nesting.ids.unsqueeze(-1).expand_as(values)
+    peak = torch.full((T, nesting.count, I), MASKED, dtype=values.dtype, device=values.device)
+    peak = peak.scatter_reduce(1, index, values.detach(), reduce="amax", include_self=True)
+    total = torch.zeros_like(peak).scatter_add(1, index, torch.exp(values - peak.gather(1, index)))
+    return peak + torch.log(total.clamp_min(1e-300))
+
+
+def compute_probabilities(utilities: Tensor, nesting: Nesting | None, rho: Tensor | None) -> Probabilities:
+    """Log choice probabilities for every agent, product and market.
+
+    Parameters
+    ----------
+    utilities : Tensor
+        ``[T, J, I]`` from :func:`agent_utilities`.
+    nesting : Nesting, optional
+        Nest membership; None for the (random-coefficients) logit.
+    rho : Tensor, optional
+        ``[H]`` nesting parameters (or ``[1]``, one for all nests).
+    """
+    zeros = torch.zeros_like(utilities[:, :1, :])
+    if nesting is None or rho is None:
+        log_denominator = torch.logsumexp(torch.cat([zeros, utilities], dim=1), dim=1, keepdim=True)
+        return Probabilities(utilities - log_denominator, None, None)
+    rho_h = rho.expand(nesting.count) if rho.numel() == 1 else rho
+    rho_j = rho_h[nesting.ids]  # [T, J]
+    scaled = utilities / (1 - rho_j).unsqueeze(-1)
+    inclusive = _group_logsumexp(scaled, nesting)  # [T, H, I]
+    nest_values = (1 - rho_h).view(1, -1, 1) * inclusive  # V_{igt}
+    log_denominator = torch.logsumexp(torch.cat([zeros, nest_values], dim=1), dim=1, keepdim=True)
+    index = nesting.ids.unsqueeze(-1).expand_as(utilities)
+    log_conditionals = scaled - inclusive.gather(1, index)
+    log_nest = nest_values.gather(1, index) - log_denominator
+    return Probabilities(log_conditionals + log_nest, log_conditionals, rho_j)
+
+
+def log_shares(probabilities: Probabilities, log_weights: Tensor) -> Tensor:
+    """Log market shares :math:`\\log s_{jt} = \\log \\sum_i w_{it} P_{ijt}`, ``[T, J]``."""
+    return torch.logsumexp(probabilities.log_probabilities + log_weights.unsqueeze(1), dim=-1)
+
+
+def share_jacobian(
+    probabilities: Probabilities,
+    weights: Tensor,
+    product_mask: Tensor,
+    nesting: Nesting | None = None,
+    derivatives: Tensor | None = None,
+) -> Tensor:
+    """Jacobian of shares with respect to utilities, :math:`\\partial s_{jt} / \\partial x_{kt}`, ``[T, J, J]``.
+
+    With ``derivatives`` :math:`\\alpha_{ikt} = \\partial u_{ikt}/\\partial x_{kt}` (``[T, J, I]``) this is
+    the derivative with respect to a characteristic :math:`x`; without, with respect to :math:`\\delta`.
+    Per agent, :math:`\\partial P_j/\\partial u_k = P_j [1\\{j=k\\}/(1-\\rho_j) - \\rho_j/(1-\\rho_j)
+    1\\{g_j=g_k\\} P_{k|g} - P_k]`; the agent sums are einsums, never a ``[T, I, J, J]`` tensor.
+    Padded rows and columns are zero.
+    """
+    P = torch.exp(probabilities.log_probabilities) * product_mask.unsqueeze(-1)
+    wP = P * weights.unsqueeze(1)  # [T, J, I]
+    alphaP = P if derivatives is None else P * derivatives
+    jacobian = -torch.einsum("tji,tki->tjk", wP, alphaP)
+    if probabilities.rho is None:
+        diagonal = (wP * (1 if derivatives is None else derivatives)).sum(-1)
+    else:
+        rho = probabilities.rho
+        diagonal = (wP * (1 if derivatives is None else derivatives)).sum(-1) / (1 - rho)
+        conditionals = torch.exp(probabilities.log_conditionals) * product_mask.unsqueeze(-1)
+        alphaC = conditionals if derivatives is None else conditionals * derivatives
+        within = torch.einsum("tji,tki->tjk", wP, alphaC)
+        same = nest_indicator(nesting, product_mask).to(P.dtype)
+        jacobian = jacobian - (rho / (1 - rho)).unsqueeze(-1) * same * within
+    return jacobian + torch.diag_embed(diagonal)
+
+
+def nest_indicator(nesting: Nesting, product_mask: Tensor) -> Tensor:
+    """``[T, J, J]`` boolean indicator :math:`1\\{g_j = g_k\\}` over real products."""
+    same = nesting.ids.unsqueeze(-1) == nesting.ids.unsqueeze(-2)
+    both = product_mask.unsqueeze(-1) & product_mask.unsqueeze(-2)
+    return same & both
+
+
+def log_inclusive_values(utilities: Tensor, nesting: Nesting | None, rho: Tensor | None) -> Tensor:
+    """Log inclusive values :math:`\\log(1 + \\sum_g e^{(1-\\rho_g) IV_{ig}})`, ``[T, I]``.
+
+    Without nests this is the logit's :math:`\\log(1+\\sum_j e^{u_{ij}})`.
+    """
+    zeros = torch.zeros_like(utilities[:, :1, :])
+    if nesting is None or rho is None:
+        return torch.logsumexp(torch.cat([zeros, utilities], dim=1), dim=1)
+    rho_h = rho.expand(nesting.count) if rho.numel() == 1 else rho
+    rho_j = rho_h[nesting.ids]
+    inclusive = _group_logsumexp(utilities / (1 - rho_j).unsqueeze(-1), nesting)
+    nest_values = (1 - rho_h).view(1, -1, 1) * inclusive
+    return torch.logsumexp(torch.cat([zeros, nest_values], dim=1), dim=1)

@@ -1,0 +1,304 @@
+"""``Problem``: product and agent tables, validated and laid out as batched tensors for estimation.
+
+``Problem(product_formulations, product_data, agent_formulation, agent_data, integration)`` follows
+PyBLP: ``product_formulations`` is ``(X1, X2)`` (a supply side X3 is the next capability), columns are
+named ``market_ids``, ``shares``, ``prices``, ``firm_ids``, ``nesting_ids``, ``clustering_ids``,
+``demand_instruments0..``; agents have ``market_ids``, ``weights``, ``nodes0..`` and demographics.
+Exogenous columns of X1 (those that do not move with prices) are added to the demand instruments
+unless ``add_exogenous=False``. ``solve`` lives in :mod:`demandkit.estimation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .exceptions import SpecificationError
+from .formulation import Formulation, absorb
+from .integration import Integration
+from .layout import Layout
+from .options import RCType, check_choice
+from .validation import (
+    as_frame,
+    check_agent_markets,
+    check_finite,
+    check_full_rank,
+    check_shares,
+    check_weights,
+    numbered_columns,
+    require_columns,
+)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Numpy side of a problem: matrices in the user's row order and their labels."""
+
+    X1: np.ndarray  # [N, K1] (absorbed)
+    X1_labels: list[str]
+    X1_raw: np.ndarray  # before absorption
+    X2: np.ndarray  # [N, K2]
+    X2_labels: list[str]
+    ZD: np.ndarray  # [N, MD] (absorbed)
+    ZD_labels: list[str]
+    endogenous: list[str]
+    absorb_ids: np.ndarray | None
+    demographics_labels: list[str]
+
+
+class Problem:
+    """A BLP demand estimation problem (logit, nested logit, random-coefficients (nested) logit).
+
+    Parameters
+    ----------
+    product_formulations : Formulation or sequence of Formulation
+        ``(X1, X2)``: linear characteristics (with ``absorb`` for fixed effects) and characteristics with
+        random coefficients; omit X2 (or pass None) for the logit and nested logit.
+    product_data : DataFrame or mapping
+        One row per product and market (see the module docstring for column names).
+    agent_formulation : Formulation, optional
+        Demographics :math:`d_i` interacted with X2 through :math:`\\Pi`, e.g. ``'0 + income'``.
+    agent_data : DataFrame or mapping, optional
+        ``market_ids``, ``weights``, ``nodes0..`` and the demographics.
+    integration : Integration, optional
+        Builds nodes and weights for every market instead of (or in place of the nodes in) agent_data.
+    rc_types : sequence of {'linear', 'log', 'logit'}, optional
+        How each random coefficient enters: as is, exponentiated (lognormal) or through the logistic
+        function. Default all ``'linear'``.
+    add_exogenous : bool
+        Add the exogenous X1 columns to the demand instruments (PyBLP's default).
+    device : str
+        ``'cpu'`` or ``'cuda'``; the same code runs on both.
+    dtype : torch.dtype
+        ``torch.float64`` by default.
+    """
+
+    def __init__(
+        self,
+        product_formulations: Formulation | Sequence[Formulation | None],
+        product_data: Any,
+        agent_formulation: Formulation | None = None,
+        agent_data: Any = None,
+        integration: Integration | None = None,
+        rc_types: Sequence[str] | None = None,
+        costs_type: str = "linear",
+        add_exogenous: bool = True,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        formulations = (
+            [product_formulations] if isinstance(product_formulations, Formulation) else list(product_formulations)
+        )
+        while len(formulations) < 3:
+            formulations.append(None)
+        if formulations[0] is None:
+            raise SpecificationError("product_formulations must start with the X1 formulation.")
+        if formulations[2] is not None:
+            raise SpecificationError(
+                "A supply side (X3) is not supported yet in this version; pass only (X1, X2) formulations."
+            )
+        self.product_formulations = tuple(formulations)
+        self.agent_formulation = agent_formulation
+        self.integration = integration
+        self.costs_type = costs_type
+        self.add_exogenous = add_exogenous
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.products = as_frame(product_data, "product_data")
+        self._build_products()
+        self.K2 = self.design.X2.shape[1]
+        self.rc_types = tuple(rc_types) if rc_types is not None else ("linear",) * self.K2
+        if len(self.rc_types) != self.K2:
+            raise SpecificationError(
+                f"rc_types must have {self.K2} entries, one per X2 column; received {self.rc_types}."
+            )
+        for kind in self.rc_types:
+            check_choice("rc_types entry", kind, RCType)
+        self._build_agents(agent_data)
+        self._build_tensors()
+
+    # -------------------------------------------------------------- products
+    def _build_products(self) -> None:
+        frame = self.products
+        require_columns(frame, ["market_ids", "shares"], "product_data")
+        X1_formulation, X2_formulation = self.product_formulations[:2]
+        if X2_formulation is not None and X2_formulation.absorb:
+            raise SpecificationError("Fixed effects can be absorbed only into X1, not X2.")
+        used = {"shares"} | X1_formulation.variables | (X2_formulation.variables if X2_formulation else set())
+        for formulation in (X1_formulation, X2_formulation):
+            if formulation is not None:
+                require_columns(frame, sorted(formulation.variables), "product_data")
+        instrument_names = numbered_columns(frame, "demand_instruments")
+        check_finite(frame, sorted(used) + instrument_names, "product_data")
+        if frame["market_ids"].isna().any():
+            raise SpecificationError("Column 'market_ids' of product_data has missing values.")
+        self.market_ids_of_rows = frame["market_ids"].to_numpy()
+        self.shares = frame["shares"].to_numpy(dtype=np.float64)
+        check_shares(self.shares, self.market_ids_of_rows)
+        self.layout = Layout.build(self.market_ids_of_rows)
+
+        X1_raw, X1_labels = X1_formulation.build_matrix(frame)
+        X2, X2_labels = (
+            X2_formulation.build_matrix(frame) if X2_formulation is not None else (np.zeros((len(frame), 0)), [])
+        )
+        endogenous = self._endogenous_columns(X1_formulation, frame, X1_raw, X1_labels)
+        exogenous = [k for k, label in enumerate(X1_labels) if label not in endogenous]
+        Z_raw = frame[instrument_names].to_numpy(dtype=np.float64) if instrument_names else np.zeros((len(frame), 0))
+        Z_labels = list(instrument_names)
+        if self.add_exogenous:
+            Z_raw = np.column_stack([Z_raw, X1_raw[:, exogenous]])
+            Z_labels += [X1_labels[k] for k in exogenous]
+        absorb_ids = X1_formulation.build_ids(frame)
+        X1 = absorb(X1_raw, absorb_ids, X1_formulation.absorb_method)
+        ZD = absorb(Z_raw, absorb_ids, X1_formulation.absorb_method)
+        check_full_rank(X1, X1_labels, "X1")
+        check_full_rank(ZD, Z_labels, "The demand instruments")
+        self.nesting_ids = frame["nesting_ids"].to_numpy() if "nesting_ids" in frame.columns else None
+        self.clustering_ids = frame["clustering_ids"].to_numpy() if "clustering_ids" in frame.columns else None
+        self.design = Design(X1, X1_labels, X1_raw, X2, X2_labels, ZD, Z_labels, endogenous, absorb_ids, [])
+
+    @staticmethod
+    def _endogenous_columns(
+        formulation: Formulation, frame: pd.DataFrame, X1: np.ndarray, labels: list[str]
+    ) -> list[str]:
+        """Labels of X1 columns that move when prices move (the endogenous ones)."""
+        if "prices" not in formulation.variables:
+            return []
+        shifted = frame.copy()
+        shifted["prices"] = shifted["prices"] * 1.5 + 1.0
+        moved = np.any(formulation.build_matrix(shifted)[0] != X1, axis=0)
+        return [labels[k] for k in np.flatnonzero(moved)]
+
+    # ---------------------------------------------------------------- agents
+    def _build_agents(self, agent_data: Any) -> None:
+        markets = self.layout.market_ids
+        D_labels: list[str] = []
+        demographics = None
+        if self.K2 == 0:
+            self.agents = None
+            self.agent_layout = None
+            self.nodes = np.zeros((len(markets), 0))
+            self.weights = np.ones(len(markets))
+            self.demographics = None
+            self.agent_market_ids = markets
+            return
+        frame = as_frame(agent_data, "agent_data") if agent_data is not None else None
+        if frame is None and self.integration is None:
+            raise SpecificationError("A random-coefficients problem needs agent_data with nodes or an integration.")
+        if frame is not None:
+            require_columns(frame, ["market_ids"], "agent_data")
+            check_agent_markets(self.market_ids_of_rows, frame["market_ids"].to_numpy())
+        if self.agent_formulation is not None:
+            if frame is None:
+                raise SpecificationError("agent_formulation needs agent_data with the demographics it names.")
+            require_columns(frame, sorted(self.agent_formulation.variables), "agent_data")
+            check_finite(frame, sorted(self.agent_formulation.variables), "agent_data")
+            demographics, D_labels = self.agent_formulation.build_matrix(frame)
+        if self.integration is not None:
+            agent_markets, nodes, weights = self.integration.build_many(self.K2, markets)
+            if demographics is not None:
+                demographics = _align_demographics(demographics, frame["market_ids"].to_numpy(), agent_markets)
+        else:
+            node_names = numbered_columns(frame, "nodes")
+            require_columns(frame, ["weights"], "agent_data")
+            if not node_names:
+                raise SpecificationError("agent_data needs nodes0, nodes1, ... columns (or pass an integration).")
+            check_finite(frame, ["weights"] + node_names, "agent_data")
+            agent_markets = frame["market_ids"].to_numpy()
+            nodes = frame[node_names].to_numpy(dtype=np.float64)[:, : self.K2]
+            weights = frame["weights"].to_numpy(dtype=np.float64)
+        check_weights(weights, agent_markets)
+        self.agent_layout = Layout.build(agent_markets, markets)
+        self.agent_market_ids = agent_markets
+        self.nodes = nodes
+        self.weights = weights
+        self.demographics = demographics
+        self.design.demographics_labels.extend(D_labels)
+
+    # --------------------------------------------------------------- tensors
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype or self.dtype, device=self.device)
+
+    def _build_tensors(self) -> None:
+        layout = self.layout
+        self.N, self.T = len(self.shares), len(layout.market_ids)
+        self.K1, self.MD = self.design.X1.shape[1], self.design.ZD.shape[1]
+        self.D = 0 if self.demographics is None else self.demographics.shape[1]
+        self.product_mask = torch.as_tensor(layout.mask, device=self.device)
+        log_shares = np.log(self.shares)
+        outside = np.log1p(-np.bincount(layout.market_of_row, weights=self.shares, minlength=self.T))
+        self.log_market_shares = self._tensor(layout.pad(log_shares))
+        self.logit_delta = self._tensor(layout.pad(log_shares - outside[layout.market_of_row]))
+        self.X2_padded = self._tensor(layout.pad(self.design.X2)) if self.K2 else None
+        self.X1_tensor = self._tensor(self.design.X1)
+        self.ZD_tensor = self._tensor(self.design.ZD)
+        self.rows_market = torch.as_tensor(layout.market_of_row, device=self.device)
+        self.rows_slot = torch.as_tensor(layout.slot_of_row, device=self.device)
+        self.H = 0
+        self.nesting_codes = None
+        if self.nesting_ids is not None:
+            labels, codes = np.unique(self.nesting_ids, return_inverse=True)
+            self.nesting_labels, self.H = labels, len(labels)
+            self.nesting_codes = torch.as_tensor(layout.pad(codes, 0), dtype=torch.int64, device=self.device)
+        self.absorb_codes, self.absorb_counts = [], []
+        if self.design.absorb_ids is not None:
+            for e in range(self.design.absorb_ids.shape[1]):
+                codes = self.design.absorb_ids[:, e]
+                self.absorb_codes.append(torch.as_tensor(codes, device=self.device))
+                self.absorb_counts.append(self._tensor(np.bincount(codes)))
+        if self.K2:
+            agent = self.agent_layout
+            self.I = agent.mask.shape[1]
+            self.agent_mask = torch.as_tensor(agent.mask, device=self.device)
+            self.agent_weights = self._tensor(agent.pad(self.weights))
+            self.nodes_padded = self._tensor(agent.pad(self.nodes))
+            self.demographics_padded = (
+                self._tensor(agent.pad(self.demographics)) if self.demographics is not None else None
+            )
+        if self.clustering_ids is not None:
+            self.clustering_codes = torch.as_tensor(
+                np.unique(self.clustering_ids, return_inverse=True)[1], device=self.device
+            )
+        else:
+            self.clustering_codes = None
+
+    # ------------------------------------------------------------------ text
+    def __str__(self) -> str:
+        lines = [
+            "Dimensions:",
+            f"  T = {self.T}, N = {self.N}, K1 = {self.K1}, K2 = {self.K2}, D = {self.D}, MD = {self.MD}, H = {self.H}"
+            + (f", I = {len(self.weights)}" if self.K2 else ""),
+            "Formulations:",
+            f"  X1: {self.product_formulations[0]}  (endogenous: {', '.join(self.design.endogenous) or 'none'})",
+        ]
+        if self.product_formulations[1] is not None:
+            lines.append(f"  X2: {self.product_formulations[1]}")
+        if self.agent_formulation is not None:
+            lines.append(f"  d: {self.agent_formulation}")
+        return "\n".join(lines)
+
+    def solve(self, sigma: Any = None, pi: Any = None, rho: Any = None, **kwargs: Any) -> Any:
+        """Estimate the model by GMM. See :func:`demandkit.estimation.solve` for every argument."""
+        from .estimation import solve
+
+        return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
+
+
+def _align_demographics(demographics: np.ndarray, loaded: np.ndarray, built: np.ndarray) -> np.ndarray:
+    """Keep the first ``I_t`` demographic rows of each market to match integration-built agents."""
+    built_layout = Layout.build(built)
+    loaded_layout = Layout.build(loaded, built_layout.market_ids)
+    short = loaded_layout.sizes < built_layout.sizes
+    if short.any():
+        t = int(np.argmax(short))
+        raise SpecificationError(
+            f"Market {built_layout.market_ids[t]!r} in agent_data needs at least {built_layout.sizes[t]} rows of "
+            "demographics to match the integration nodes."
+        )
+    padded = loaded_layout.pad(demographics)[:, : built_layout.mask.shape[1]]
+    return built_layout.unpad(padded)

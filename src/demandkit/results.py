@@ -1,0 +1,198 @@
+"""``ProblemResults``: estimates, standard errors, diagnostics, a printed summary and round trips.
+
+Attributes keep PyBLP's names and shapes (``sigma`` is ``K2 x K2``, ``beta`` is ``K1 x 1``, ``delta``
+and ``xi`` are ``N x 1``, ...). Post-estimation comes from
+:class:`~demandkit.postestimation.DemandPostEstimation`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .demand import DemandModel
+from .postestimation import DemandPostEstimation
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float64)
+
+
+class ProblemResults(DemandPostEstimation):
+    """Results of :meth:`Problem.solve`.
+
+    Attributes
+    ----------
+    sigma, pi, rho, beta : ndarray
+        Estimates (:math:`\\Sigma` lower triangular ``K2 x K2``, :math:`\\Pi` ``K2 x D``, :math:`\\rho`
+        ``H x 1``, :math:`\\beta` ``K1 x 1``), with standard errors ``sigma_se``, ``pi_se``, ``rho_se``,
+        ``beta_se`` (zero for elements fixed at zero).
+    objective : float
+        :math:`N \\bar g' W \\bar g` at the estimates.
+    gradient : ndarray
+        ``P x 1`` gradient of the objective with respect to :math:`\\theta`.
+    delta, xi : ndarray
+        ``N x 1`` mean utilities (after absorbing fixed effects) and structural errors.
+    W, updated_W : ndarray
+        The weighting matrix of the last step and the one a further step would use.
+    converged : bool
+        Whether the optimizer of every step reported convergence.
+    fp_converged : ndarray
+        ``T x 1`` booleans: whether each market's inversion converged at the estimates.
+    parameter_covariances : ndarray
+        Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling).
+    """
+
+    def __init__(
+        self,
+        problem: Any,
+        space: Any,
+        steps: list,
+        covariances: Any,
+        updated_W: torch.Tensor,
+        W_type: str,
+        se_type: str,
+        method: str,
+        optimization: Any,
+        iteration: Any,
+        seconds: float,
+    ) -> None:
+        self.problem = problem
+        self.model = DemandModel(problem)
+        self._space = space
+        self._steps = steps
+        last = steps[-1]
+        evaluation = last.evaluation
+        theta = evaluation.theta
+        sigma, pi, rho = (_numpy(m) for m in space.unpack(torch.as_tensor(theta, dtype=torch.float64)))
+        self.theta = theta.reshape(-1, 1)
+        self.theta_labels = list(space.labels)
+        self.sigma, self.pi = sigma, pi
+        self.rho = rho.reshape(-1, 1)
+        self.sigma_squared = sigma @ sigma.T
+        self.beta = _numpy(evaluation.beta).reshape(-1, 1)
+        self.beta_labels = list(problem.design.X1_labels)
+        self.sigma_labels = list(problem.design.X2_labels)
+        self.pi_labels = list(problem.design.demographics_labels)
+        self.objective = float(evaluation.objective)
+        self.gradient = evaluation.gradient.reshape(-1, 1)
+        self.projected_gradient = _project(evaluation.gradient, theta, space).reshape(-1, 1)
+        self.gradient_norm = float(np.max(np.abs(self.projected_gradient))) if theta.size else 0.0
+        self._delta_padded = evaluation.delta
+        self.delta = _numpy(evaluation.delta_rows).reshape(-1, 1)
+        self.xi = _numpy(evaluation.xi).reshape(-1, 1)
+        self.W = _numpy(last.W)
+        self.updated_W = _numpy(updated_W)
+        self.step = len(steps)
+        self.method, self.W_type, self.se_type = method, W_type, se_type
+        self.optimization, self.iteration = optimization, iteration
+        self.converged = all(s.optimization.converged for s in steps)
+        self.fp_converged = _numpy(evaluation.converged.double()).astype(bool).reshape(-1, 1)
+        self.optimization_time = sum(s.optimization.seconds for s in steps)
+        self.total_time = seconds
+        self.optimization_iterations = sum(s.optimization.iterations for s in steps)
+        self.objective_evaluations = sum(s.stats.evaluations for s in steps)
+        self.fp_iterations = sum(s.stats.fp_iterations for s in steps)
+        self.contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
+        self.fp_failures = sum(s.stats.fp_failures for s in steps)
+        self.clipped_shares = 0
+        self.trace = [list(s.optimization.trace) for s in steps]
+        self.parameter_covariances = _numpy(covariances.parameters)
+        self.moments_covariances = _numpy(covariances.S)
+        self.moments_jacobian = _numpy(covariances.G)
+        se = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
+        P = space.P
+        self.sigma_se = np.zeros_like(sigma)
+        self.sigma_se[space.sigma_index] = se[: len(space.sigma_index[0])]
+        self.pi_se = np.zeros_like(pi)
+        self.pi_se[space.pi_index] = se[len(space.sigma_index[0]) : len(space.sigma_index[0]) + len(space.pi_index[0])]
+        self.rho_se = np.zeros_like(self.rho)
+        self.rho_se.reshape(-1)[space.rho_index] = se[len(space.sigma_index[0]) + len(space.pi_index[0]) : P]
+        self.beta_se = se[P:].reshape(-1, 1)
+
+    # --------------------------------------------------------------- tables
+    def to_frame(self) -> pd.DataFrame:
+        """One row per estimated parameter: name, estimate, standard error."""
+        rows = []
+        for label, value, se in zip(self.beta_labels, self.beta[:, 0], self.beta_se[:, 0], strict=True):
+            rows.append(("beta", label, value, se))
+        for r, c in zip(*self._space.sigma_index, strict=True):
+            rows.append(
+                ("sigma", f"{self.sigma_labels[r]} x {self.sigma_labels[c]}", self.sigma[r, c], self.sigma_se[r, c])
+            )
+        for r, c in zip(*self._space.pi_index, strict=True):
+            rows.append(("pi", f"{self.sigma_labels[r]} x {self.pi_labels[c]}", self.pi[r, c], self.pi_se[r, c]))
+        for k in self._space.rho_index:
+            rows.append(("rho", f"rho[{k}]", self.rho[k, 0], self.rho_se[k, 0]))
+        return pd.DataFrame(rows, columns=["parameter", "name", "estimate", "se"])
+
+    def __str__(self) -> str:
+        from .summary import format_results
+
+        return format_results(self)
+
+    def __repr__(self) -> str:
+        return f"<ProblemResults objective={self.objective:.6g} step={self.step} converged={self.converged}>"
+
+    # ------------------------------------------------------------ round trips
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dictionary of the estimates, standard errors and diagnostics (JSON-ready)."""
+        return {
+            "objective": self.objective,
+            "gradient": self.gradient.reshape(-1).tolist(),
+            "theta_labels": self.theta_labels,
+            "beta_labels": self.beta_labels,
+            "sigma_labels": self.sigma_labels,
+            "pi_labels": self.pi_labels,
+            "beta": self.beta.reshape(-1).tolist(),
+            "beta_se": self.beta_se.reshape(-1).tolist(),
+            "sigma": self.sigma.tolist(),
+            "sigma_se": self.sigma_se.tolist(),
+            "pi": self.pi.tolist(),
+            "pi_se": self.pi_se.tolist(),
+            "rho": self.rho.reshape(-1).tolist(),
+            "rho_se": self.rho_se.reshape(-1).tolist(),
+            "W": self.W.tolist(),
+            "method": self.method,
+            "W_type": self.W_type,
+            "se_type": self.se_type,
+            "step": self.step,
+            "converged": self.converged,
+            "fp_converged": bool(self.fp_converged.all()),
+            "optimization_time": self.optimization_time,
+            "total_time": self.total_time,
+            "optimization_iterations": self.optimization_iterations,
+            "objective_evaluations": self.objective_evaluations,
+            "fp_iterations": self.fp_iterations,
+            "contraction_evaluations": self.contraction_evaluations,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_pickle(self, path: str | Path) -> None:
+        with open(path, "wb") as file:
+            pickle.dump(self, file)
+
+    @staticmethod
+    def from_pickle(path: str | Path) -> ProblemResults:
+        with open(path, "rb") as file:
+            return pickle.load(file)
+
+
+def _project(gradient: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:
+    """Zero the gradient components that push against an active bound (as optimality is judged)."""
+    projected = gradient.copy()
+    at_lower = np.isclose(theta, space.lower) & (gradient > 0)
+    at_upper = np.isclose(theta, space.upper) & (gradient < 0)
+    projected[at_lower | at_upper] = 0
+    return projected

@@ -1,0 +1,126 @@
+"""Plain-text tables of estimates in the layout economists expect (standard errors in parentheses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _number(x: float) -> str:
+    return "NaN" if not np.isfinite(x) else f"{x:+.4E}"
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(header)]
+    line = "=" * (sum(widths) + len(widths) - 1)
+    out = [
+        title,
+        line,
+        " ".join(h.center(w) for h, w in zip(header, widths, strict=True)),
+        " ".join("-" * w for w in widths),
+    ]
+    out += [" ".join(c.center(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    out.append(line)
+    return "\n".join(out)
+
+
+def _matrix_table(
+    title: str, rows: list[str], columns: list[str], values: np.ndarray, se: np.ndarray, free: set[tuple[int, int]]
+) -> str:
+    body: list[list[str]] = []
+    for r, label in enumerate(rows):
+        estimate = [label] + [(_number(values[r, c]) if (r, c) in free else "") for c in range(len(columns))]
+        errors = [""] + [(f"({_number(se[r, c])})" if (r, c) in free else "") for c in range(len(columns))]
+        body += [estimate, errors]
+    return _table(title, ["", *columns], body)
+
+
+def format_results(results: Any) -> str:
+    """The summary printed for :class:`~demandkit.results.ProblemResults`."""
+    se_name = {"robust": "Robust", "clustered": "Clustered", "unadjusted": "Unadjusted"}[results.se_type]
+    parts = [
+        _table(
+            "Problem Results Summary:",
+            [
+                "GMM Step",
+                "Objective",
+                "Gradient Norm",
+                "Optimizer Converged",
+                "Markets Not Inverted",
+                "Weighting Condition",
+            ],
+            [
+                [
+                    str(results.step),
+                    _number(results.objective),
+                    _number(results.gradient_norm),
+                    "Yes" if results.converged else "No",
+                    str(int((~results.fp_converged).sum())),
+                    _number(float(np.linalg.cond(results.W))),
+                ]
+            ],
+        ),
+        _table(
+            "Cumulative Statistics:",
+            [
+                "Computation Time",
+                "Optimizer Iterations",
+                "Objective Evaluations",
+                "Fixed Point Iterations",
+                "Contraction Evaluations",
+            ],
+            [
+                [
+                    f"{results.total_time:.2f} s",
+                    str(results.optimization_iterations),
+                    str(results.objective_evaluations),
+                    str(results.fp_iterations),
+                    str(results.contraction_evaluations),
+                ]
+            ],
+        ),
+    ]
+    beta_rows = [[_number(v) for v in results.beta[:, 0]], [f"({_number(v)})" for v in results.beta_se[:, 0]]]
+    if results.beta.size:
+        parts.append(_table(f"Beta Estimates ({se_name} SEs in Parentheses):", results.beta_labels, beta_rows))
+    space = results._space
+    if space.sigma_index[0].size:
+        free = set(zip(*(i.tolist() for i in space.sigma_index), strict=True))
+        parts.append(
+            _matrix_table(
+                f"Sigma Estimates ({se_name} SEs in Parentheses):",
+                results.sigma_labels,
+                results.sigma_labels,
+                results.sigma,
+                results.sigma_se,
+                free,
+            )
+        )
+    if space.pi_index[0].size:
+        free = set(zip(*(i.tolist() for i in space.pi_index), strict=True))
+        parts.append(
+            _matrix_table(
+                f"Pi Estimates ({se_name} SEs in Parentheses):",
+                results.sigma_labels,
+                results.pi_labels,
+                results.pi,
+                results.pi_se,
+                free,
+            )
+        )
+    if space.rho_index.size:
+        labels = [f"rho[{k}]" for k in space.rho_index]
+        parts.append(
+            _table(
+                f"Rho Estimates ({se_name} SEs in Parentheses):",
+                labels,
+                [
+                    [_number(results.rho[k, 0]) for k in space.rho_index],
+                    [f"({_number(results.rho_se[k, 0])})" for k in space.rho_index],
+                ],
+            )
+        )
+    if not results.fp_converged.all():
+        parts.append("WARNING: the inversion for delta did not converge in some markets; the estimates are not valid.")
+    return "\n\n".join(parts)
