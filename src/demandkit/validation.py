@@ -38,6 +38,13 @@ def as_frame(data: object, name: str) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def label(value: object) -> str:
+    """A market id or value as the user wrote it (``7``, ``'C01Q1'``), not as numpy prints it."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], name: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -70,8 +77,8 @@ def check_shares(shares: np.ndarray, market_ids: np.ndarray) -> None:
     if bad.any():
         row = int(np.argmax(bad))
         raise InvalidDataError(
-            f"Column 'shares' must lie strictly between 0 and 1; row {row} in market {market_ids[row]!r} "
-            f"has {shares[row]!r} ({int(bad.sum())} such rows)."
+            f"Column 'shares' must lie strictly between 0 and 1; row {row} in market {label(market_ids[row])} "
+            f"has {label(shares[row])} ({int(bad.sum())} such rows)."
         )
     unique, codes = np.unique(market_ids, return_inverse=True)
     totals = np.bincount(codes, weights=shares)
@@ -79,7 +86,7 @@ def check_shares(shares: np.ndarray, market_ids: np.ndarray) -> None:
     if over.any():
         t = int(np.argmax(over))
         raise InvalidDataError(
-            f"Column 'shares' sums to {totals[t]:.6g} >= 1 in market {unique[t]!r}: the outside good needs a "
+            f"Column 'shares' sums to {totals[t]:.6g} >= 1 in market {label(unique[t])}: the outside good needs a "
             "positive share. Rescale the market size."
         )
 
@@ -88,10 +95,12 @@ def check_agent_markets(product_markets: np.ndarray, agent_markets: np.ndarray) 
     products, agents = set(np.unique(product_markets).tolist()), set(np.unique(agent_markets).tolist())
     if agents - products:
         raise InvalidDataError(
-            f"Column 'market_ids' of agent_data has markets with no products: {sorted(agents - products)[:5]}."
+            f"Column 'market_ids' of agent_data has markets with no products: {[label(m) for m in sorted(agents - products)[:5]]}."
         )
     if products - agents:
-        raise InvalidDataError(f"Markets {sorted(products - agents)[:5]} have products but no agents in agent_data.")
+        raise InvalidDataError(
+            f"Markets {[label(m) for m in sorted(products - agents)[:5]]} have products but no agents in agent_data."
+        )
 
 
 def check_weights(weights: np.ndarray, market_ids: np.ndarray) -> None:
@@ -99,8 +108,8 @@ def check_weights(weights: np.ndarray, market_ids: np.ndarray) -> None:
     if bad.any():
         row = int(np.argmax(bad))
         raise InvalidDataError(
-            f"Column 'weights' of agent_data must be positive; row {row} in market {market_ids[row]!r} has "
-            f"{weights[row]!r}."
+            f"Column 'weights' of agent_data must be positive; row {row} in market {label(market_ids[row])} has "
+            f"{label(weights[row])}."
         )
 
 

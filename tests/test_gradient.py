@@ -1,0 +1,93 @@
+"""The autograd gradient (implicit function theorem through the inversion) against finite differences."""
+
+import numpy as np
+import pytest
+from _synthetic import simulate
+
+import demandkit as dk
+from demandkit.demand import DemandModel
+from demandkit.estimation import EvaluationStats, GMMObjective
+from demandkit.kernels.gmm import invert
+from demandkit.parameters import ParameterSpace
+
+CASES = {
+    "rc_demographics": dict(nested=False, absorb=None, rc_types=None),
+    "rcnl": dict(nested=True, absorb=None, rc_types=None),
+    "absorbed_fe": dict(nested=False, absorb="C(product_ids)", rc_types=None),
+    "lognormal": dict(nested=False, absorb=None, rc_types=("linear", "log")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gradient_matches_finite_differences(case):
+    spec = CASES[case]
+    products, agents = simulate(T=12, J=6, I=40, seed=5, rho=0.5 if spec["nested"] else None)
+    if not spec["nested"]:
+        products = products.drop(columns="nesting_ids")
+    X1 = dk.Formulation("0 + prices", absorb=spec["absorb"]) if spec["absorb"] else dk.Formulation("1 + prices + x")
+    problem = dk.Problem(
+        (X1, dk.Formulation("1 + x")), products, dk.Formulation("0 + income"), agents, rc_types=spec["rc_types"]
+    )
+    sigma = np.array([[0.4, 0.0], [0.2, 0.6]])
+    pi = np.array([[0.0], [0.3]])
+    rho = 0.5 if spec["nested"] else None
+    space = ParameterSpace.build(
+        sigma,
+        pi,
+        rho,
+        problem.K2,
+        problem.D,
+        problem.H,
+        problem.design.X2_labels,
+        problem.design.demographics_labels,
+        bounded=False,
+    )
+    W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
+    objective = GMMObjective(
+        problem,
+        DemandModel(problem),
+        space,
+        dk.Iteration("squarem"),
+        W,
+        problem.logit_delta.clone(),
+        "first",
+        EvaluationStats(),
+    )
+    theta = space.theta0
+    value, gradient = objective(theta)
+    assert np.isfinite(value) and gradient.shape == theta.shape
+    for p in range(theta.size):
+        h = 1e-5 * max(1.0, abs(theta[p]))
+        up, down = theta.copy(), theta.copy()
+        up[p] += h
+        down[p] -= h
+        numeric = (objective(up)[0] - objective(down)[0]) / (2 * h)
+        assert abs(gradient[p] - numeric) <= 1e-6 * max(1.0, abs(numeric)), (space.labels[p], gradient[p], numeric)
+
+
+@pytest.mark.parametrize("method", ["squarem", "simple", "newton"])
+def test_iteration_methods_agree(method):
+    products, agents = simulate(T=6, J=5, I=30, seed=6)
+    products = products.drop(columns="nesting_ids")
+    problem = dk.Problem((dk.Formulation("1 + prices + x"), dk.Formulation("1 + x")), products, None, agents)
+    sigma = np.diag([0.5, 0.8])
+    reference = problem.solve(sigma, optimization=dk.Optimization("return"), method="1s")
+    results = problem.solve(sigma, optimization=dk.Optimization("return"), method="1s", iteration=dk.Iteration(method))
+    assert results.fp_converged.all()
+    np.testing.assert_allclose(results.delta, reference.delta, rtol=1e-11, atol=1e-12)
+
+
+def test_failed_inversion_is_reported_not_hidden():
+    products, agents = simulate(T=6, J=5, I=30, seed=7)
+    products = products.drop(columns="nesting_ids")
+    problem = dk.Problem((dk.Formulation("1 + prices + x"), dk.Formulation("1 + x")), products, None, agents)
+    with pytest.warns(dk.exceptions.ConvergenceWarning, match="did not converge"):
+        results = problem.solve(
+            np.diag([2.0, 3.0]),
+            optimization=dk.Optimization("return"),
+            method="1s",
+            iteration=dk.Iteration("simple", {"max_evaluations": 3}),
+        )
+    assert not results.fp_converged.all()
+    assert "did not converge" in str(results)
+    assert results.to_dict()["fp_converged"] is False

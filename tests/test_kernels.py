@@ -1,0 +1,102 @@
+"""Kernels against slow, obvious references; padding and batching never change a number."""
+
+import numpy as np
+import pytest
+import torch
+from _synthetic import simulate
+from scipy.special import logsumexp
+
+import demandkit as dk
+from demandkit.demand import DemandModel
+from demandkit.kernels.shares import Nesting, compute_probabilities, log_shares, share_jacobian
+
+torch.set_default_dtype(torch.float64)
+
+
+def _problem(products, agents, nested=False):
+    if not nested:
+        products = products.drop(columns="nesting_ids")
+    return dk.Problem(
+        (dk.Formulation("1 + prices + x"), dk.Formulation("1 + x")), products, dk.Formulation("0 + income"), agents
+    )
+
+
+@pytest.mark.parametrize("rho", [None, 0.6])
+def test_shares_match_loop_reference(rho):
+    rng = np.random.default_rng(1)
+    T, J, I = 3, 5, 7
+    u = torch.as_tensor(rng.normal(size=(T, J, I)))
+    w = torch.as_tensor(rng.uniform(0.5, 1.5, size=(T, I)))
+    ids = torch.as_tensor(rng.integers(0, 2, size=(T, J)))
+    nesting = Nesting(ids, 2) if rho is not None else None
+    probabilities = compute_probabilities(u, nesting, None if rho is None else torch.tensor([rho]))
+    shares = torch.exp(log_shares(probabilities, torch.log(w))).numpy()
+    for t in range(T):
+        for i in range(I):
+            ut = u[t, :, i].numpy()
+            if rho is None:
+                p = np.exp(ut - logsumexp(np.r_[0, ut]))
+            else:
+                g = ids[t].numpy()
+                iv = np.array([logsumexp(ut[g == h] / (1 - rho)) if (g == h).any() else -np.inf for h in (0, 1)])
+                nest = np.exp((1 - rho) * iv - logsumexp(np.r_[0, (1 - rho) * iv]))
+                p = np.exp(ut / (1 - rho) - iv[g]) * nest[g]
+            np.testing.assert_allclose(np.exp(probabilities.log_probabilities[t, :, i].numpy()), p, rtol=1e-13)
+        np.testing.assert_allclose(
+            shares[t], (np.exp(probabilities.log_probabilities[t].numpy()) * w[t].numpy()).sum(1), rtol=1e-13
+        )
+
+
+@pytest.mark.parametrize("rho", [None, 0.4])
+def test_share_jacobian_matches_autograd(rho):
+    rng = np.random.default_rng(2)
+    T, J, I = 2, 4, 6
+    delta = torch.as_tensor(rng.normal(size=(T, J)))
+    mu = torch.as_tensor(rng.normal(size=(T, J, I)))
+    w = torch.full((T, I), 1 / I)
+    mask = torch.ones((T, J), dtype=torch.bool)
+    nesting = Nesting(torch.as_tensor(rng.integers(0, 2, size=(T, J))), 2) if rho else None
+    r = torch.tensor([rho]) if rho else None
+
+    def shares(d):
+        return torch.exp(log_shares(compute_probabilities(d.unsqueeze(-1) + mu, nesting, r), torch.log(w)))
+
+    analytic = share_jacobian(compute_probabilities(delta.unsqueeze(-1) + mu, nesting, r), w, mask, nesting)
+    for t in range(T):
+        numeric = torch.autograd.functional.jacobian(lambda d: shares(d)[t], delta)[:, t, :]
+        torch.testing.assert_close(analytic[t], numeric, rtol=1e-12, atol=1e-14)
+
+
+def test_padding_and_batching_change_nothing():
+    """Markets of unequal size solved together equal each market solved alone."""
+    products, agents = simulate(T=4, J=6, I=30, vary_sizes=True, seed=3)
+    sigma, pi = np.diag([0.0, 0.7]), np.array([[0.0], [0.3]])
+    optimization = dk.Optimization("return")
+    batched = _problem(products, agents).solve(sigma, pi, optimization=optimization, method="1s")
+    assert len(set(products.groupby("market_ids").size())) > 1
+    model = DemandModel(_problem(products, agents))
+    assert model.mask.shape[1] == products.groupby("market_ids").size().max()
+    for t in range(4):
+        single_products = products[products.market_ids == t]
+        single = _problem(single_products, agents[agents.market_ids == t])
+        results = single.solve(sigma, pi, optimization=optimization, method="1s", W=np.eye(single.MD))
+        np.testing.assert_allclose(
+            results.compute_shares(), batched.compute_shares()[products.market_ids.to_numpy() == t], rtol=1e-14
+        )
+        delta_single = results._delta_padded[0, : len(single_products)]
+        delta_batched = batched._delta_padded[t, : len(single_products)]
+        torch.testing.assert_close(delta_single, delta_batched, rtol=1e-12, atol=1e-12)
+
+
+def test_row_order_is_irrelevant():
+    """Shuffling the rows of the product table permutes, and does not change, every output."""
+    products, agents = simulate(T=5, J=5, I=20, seed=4)
+    sigma, pi = np.diag([0.0, 0.7]), np.array([[0.0], [0.3]])
+    order = np.random.default_rng(0).permutation(len(products))
+    a = _problem(products, agents).solve(sigma, pi, optimization=dk.Optimization("return"))
+    b = _problem(products.iloc[order], agents).solve(sigma, pi, optimization=dk.Optimization("return"))
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-12)
+    np.testing.assert_allclose(a.xi[order], b.xi, rtol=1e-9, atol=1e-12)
+    ea, eb = a.compute_elasticities(), b.compute_elasticities()
+    np.testing.assert_allclose(a.extract_diagonals(ea)[order], b.extract_diagonals(eb), rtol=1e-10)
+    np.testing.assert_allclose(np.nansum(ea, axis=1)[order], np.nansum(eb, axis=1), rtol=1e-10)
