@@ -95,7 +95,8 @@ def check_agent_markets(product_markets: np.ndarray, agent_markets: np.ndarray) 
     products, agents = set(np.unique(product_markets).tolist()), set(np.unique(agent_markets).tolist())
     if agents - products:
         raise InvalidDataError(
-            f"Column 'market_ids' of agent_data has markets with no products: {[label(m) for m in sorted(agents - products)[:5]]}."
+            "Column 'market_ids' of agent_data has markets with no products: "
+            f"{[label(m) for m in sorted(agents - products)[:5]]}."
         )
     if products - agents:
         raise InvalidDataError(
