@@ -22,6 +22,7 @@ from .kernels.fixed_point import (
 )
 from .kernels.shares import (
     MASKED,
+    ExpUtilities,
     Nesting,
     Probabilities,
     agent_utilities,
@@ -138,8 +139,19 @@ class DemandModel:
             target = self.log_market_shares
             start = torch.where(self.mask, start, 0.0)
 
-            def contraction(x: Tensor) -> Tensor:
+            def exact_contraction(x: Tensor) -> Tensor:
                 return torch.where(self.mask, x + damp * (target - self.log_shares(x, mu, r)), 0.0)
+
+            contraction = exact_contraction
+            if self.nesting is None:
+                fast = ExpUtilities.build(mu, self.mask, self.weights)
+
+                def contraction(x: Tensor) -> Tensor:
+                    """:math:`\\delta + \\log S - \\log s(\\delta)` via the exponentiated kernel."""
+                    update = torch.where(self.mask, target - fast.log_share_kernel(x), 0.0)
+                    if bool(torch.isfinite(update).all()):
+                        return update
+                    return exact_contraction(x)
 
             if method == "return":
                 ones = torch.ones(T, dtype=torch.int64, device=start.device)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .demand import DemandModel
+from .diagnostics import first_stage
 from .postestimation import DemandPostEstimation
 
 
@@ -47,6 +48,8 @@ class ProblemResults(DemandPostEstimation):
         ``T x 1`` booleans: whether each market's inversion converged at the estimates.
     parameter_covariances : ndarray
         Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling).
+    first_stage : DataFrame
+        First-stage F statistics and partial R-squared of the endogenous X1 columns.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ProblemResults(DemandPostEstimation):
         self.rho_se = np.zeros_like(self.rho)
         self.rho_se.reshape(-1)[space.rho_index] = se[len(space.sigma_index[0]) + len(space.pi_index[0]) : P]
         self.beta_se = se[P:].reshape(-1, 1)
+        self.first_stage = first_stage(problem)
 
     # --------------------------------------------------------------- tables
     def to_frame(self) -> pd.DataFrame:
@@ -171,6 +175,7 @@ class ProblemResults(DemandPostEstimation):
             "objective_evaluations": self.objective_evaluations,
             "fp_iterations": self.fp_iterations,
             "contraction_evaluations": self.contraction_evaluations,
+            "first_stage": self.first_stage.to_dict(orient="records"),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:

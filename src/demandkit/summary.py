@@ -121,6 +121,17 @@ def format_results(results: Any) -> str:
                 ],
             )
         )
+    if len(results.first_stage):
+        parts.append(
+            _table(
+                "First-Stage Diagnostics (endogenous X1 on the demand instruments):",
+                ["Column", "F (excluded instruments)", "Partial R2"],
+                [
+                    [row.column, f"{row.F:.2f}" + (" (weak: F < 10)" if row.F < 10 else ""), f"{row.partial_R2:.4f}"]
+                    for row in results.first_stage.itertuples()
+                ],
+            )
+        )
     if not results.fp_converged.all():
         parts.append("WARNING: the inversion for delta did not converge in some markets; the estimates are not valid.")
     return "\n\n".join(parts)

@@ -175,3 +175,38 @@ def log_inclusive_values(utilities: Tensor, nesting: Nesting | None, rho: Tensor
     inclusive = _group_logsumexp(utilities / (1 - rho_j).unsqueeze(-1), nesting)
     nest_values = (1 - rho_h).view(1, -1, 1) * inclusive
     return torch.logsumexp(torch.cat([zeros, nest_values], dim=1), dim=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpUtilities:
+    """Pre-exponentiated agent utilities for fast share evaluations at many :math:`\\delta` (logit only).
+
+    With :math:`m_{it} = \\max(0, \\max_j \\mu_{ijt})`, :math:`E_{ijt} = e^{\\mu_{ijt} - m_{it}}` (zero in padded
+    slots) and :math:`o_{it} = e^{-m_{it}}`, shares are
+
+    .. math::
+
+        s_{jt}(\\delta) = e^{\\delta_{jt}} \\sum_i E_{ijt} \\frac{w_{it}}{o_{it} + \\sum_k e^{\\delta_{kt}} E_{ikt}},
+
+    two batched matrix-vector products per evaluation and no exponential of a ``[T, J, I]`` tensor. The
+    shift keeps every exponential at most one, as PyBLP's "safe" formulation does; products whose share
+    underflows are detected by the caller, which falls back to the log-space kernel.
+    """
+
+    E: Tensor  # [T, J, I]
+    outside: Tensor  # [T, I]
+    weights: Tensor  # [T, I]
+
+    @classmethod
+    def build(cls, mu: Tensor, product_mask: Tensor, weights: Tensor) -> ExpUtilities:
+        mask = product_mask.unsqueeze(-1)
+        masked = torch.where(mask, mu, torch.zeros_like(mu))
+        peak = masked.amax(dim=1).clamp_min(0)  # [T, I]
+        E = torch.where(mask, torch.exp(masked - peak.unsqueeze(1)), torch.zeros_like(mu))
+        return cls(E, torch.exp(-peak), weights)
+
+    def log_share_kernel(self, delta: Tensor) -> Tensor:
+        """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
+        :math:`\\log s_{jt} = \\delta_{jt} + ` this (``-inf`` in padded slots)."""
+        denominator = self.outside + torch.bmm(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)  # [T, I]
+        return torch.log(torch.bmm(self.E, (self.weights / denominator).unsqueeze(-1)).squeeze(-1))
