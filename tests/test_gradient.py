@@ -41,6 +41,7 @@ def test_gradient_matches_finite_differences(case):
         problem.design.X2_labels,
         problem.design.demographics_labels,
         bounded=False,
+        X1_labels=problem.design.X1_labels,
     )
     W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
     objective = GMMObjective(
@@ -52,6 +53,7 @@ def test_gradient_matches_finite_differences(case):
         problem.logit_delta.clone(),
         "first",
         EvaluationStats(),
+        (-np.inf, np.inf),
     )
     theta = space.theta0
     value, gradient = objective(theta)

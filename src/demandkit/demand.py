@@ -80,11 +80,18 @@ class DemandModel:
         full[..., columns] = nodes[..., : len(columns)]
         return full
 
-    def mu(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
+    def coefficients(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
+        """Agents' random coefficients :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, ``[T, I, K2]``."""
         if not self.K2:
             return None
-        coefficients = random_coefficients(self.nodes_for(sigma), self.demographics, sigma, pi, self.rc_types)
+        return random_coefficients(self.nodes_for(sigma), self.demographics, sigma, pi, self.rc_types)
+
+    def heterogeneity(self, coefficients: Tensor) -> Tensor:
         return heterogeneity(self.X2, coefficients)
+
+    def mu(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
+        coefficients = self.coefficients(sigma, pi)
+        return None if coefficients is None else heterogeneity(self.X2, coefficients)
 
     def probabilities(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Probabilities:
         nested_rho = rho if self.nesting is not None else None
@@ -177,29 +184,3 @@ class DemandModel:
 
         delta = ImplicitInversion.apply(result.values, residual, jacobian, sigma, pi, rho)
         return Inversion(delta, result)
-
-    def delta_jacobian(self, delta: Tensor, theta: Tensor, unpack: object) -> Tensor:
-        """:math:`\\partial\\delta/\\partial\\theta` at a solved ``delta``, ``[T, J, P]``, by forward-mode AD of
-        the share equations and one batched solve per market."""
-        P = theta.shape[0]
-        if P == 0:
-            return delta.new_zeros(delta.shape + (0,))
-        delta = delta.detach()
-
-        def log_shares_of(theta_: Tensor) -> Tensor:
-            sigma, pi, rho = unpack(theta_)
-            if not self.K2:
-                return self.closed_form_delta(rho)
-            return torch.where(self.mask, self.log_shares(delta, self.mu(sigma, pi), rho), 0.0)
-
-        columns = []
-        for p in range(P):  # a loop over parameters (post-estimation only), each a batched JVP
-            tangent = torch.zeros_like(theta)
-            tangent[p] = 1.0
-            columns.append(torch.func.jvp(log_shares_of, (theta.detach(),), (tangent,))[1])
-        derivative = torch.stack(columns, dim=-1)  # [T, J, P]
-        if not self.K2:
-            return derivative
-        sigma, pi, rho = unpack(theta.detach())
-        matrix = self.log_share_jacobian(delta, self.mu(sigma, pi), rho)
-        return -torch.linalg.solve(matrix, derivative)

@@ -1,10 +1,19 @@
 """GMM estimation of a :class:`~demandkit.problem.Problem`: the objective, its autograd gradient, the
 one- and two-step procedure, and the covariance of the estimates.
 
-The objective at :math:`\\theta` inverts shares for :math:`\\delta(\\theta)` in every market at once
-(:class:`~demandkit.demand.DemandModel`), absorbs fixed effects, concentrates out :math:`\\beta` by
-IV-GMM and returns :math:`q(\\theta) = N\\bar g'W\\bar g`; one backward pass gives
-:math:`\\nabla q`, with the inversion differentiated by the implicit function theorem.
+At :math:`\\theta` the objective inverts shares for :math:`\\delta(\\theta)` in every market at once,
+absorbs fixed effects and, with a supply side, computes Bertrand-Nash markups and marginal costs
+:math:`\\tilde c = c` or :math:`\\log c`. The structural errors come from the stacked system
+
+.. math::
+
+    \\begin{pmatrix}\\delta - X_1\\beta \\\\ \\tilde c - X_3\\gamma\\end{pmatrix}
+    = \\begin{pmatrix}\\xi \\\\ \\omega\\end{pmatrix}, \\qquad
+    E\\left[\\begin{pmatrix} Z_D'\\xi \\\\ Z_S'\\omega \\end{pmatrix}\\right] = 0,
+
+with the elements of :math:`(\\beta, \\gamma)` not in :math:`\\theta` concentrated out by IV-GMM, and the
+objective is :math:`q(\\theta) = N\\bar g'W\\bar g`. One backward pass gives :math:`\\nabla q`, with the
+inversion differentiated by the implicit function theorem and the markups through the share Jacobian.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from .kernels.gmm import LinearIV, invert, moment_covariances, parameter_covaria
 from .optimization import Optimization, OptimizationResult
 from .options import CovarianceType, DeltaBehavior, GMMMethod, check_choice
 from .parameters import ParameterSpace
+from .supply import SupplyModel
 
 
 @dataclass
@@ -50,50 +60,99 @@ class Evaluation:
     gradient: np.ndarray
     delta: Tensor  # [T, J] padded, before absorption
     delta_rows: Tensor  # [N] absorbed, in the user's row order
-    beta: Tensor
-    xi: Tensor
+    beta: Tensor  # [K1], all elements
+    gamma: Tensor  # [K3]
+    xi: Tensor  # [N]
+    omega: Tensor | None  # [N]
+    costs: Tensor | None  # [N] marginal costs before clipping
+    clipped_costs: int
     converged: Tensor  # [T]
     iterations: Tensor
     evaluations: Tensor
+
+
+@dataclass(frozen=True)
+class StackedSystem:
+    """Block-diagonal regressors and instruments of the demand (and supply) equations."""
+
+    X: Tensor  # [E N, K_eliminated]
+    Z: Tensor  # [E N, M]
+    equations: int
+
+    @classmethod
+    def build(cls, problem: Any, space: ParameterSpace) -> StackedSystem:
+        X1 = problem.X1_tensor[:, torch.as_tensor(space.eliminated_beta, device=problem.device)]
+        if not problem.K3:
+            return cls(X1, problem.ZD_tensor, 1)
+        X3 = problem.X3_tensor[:, torch.as_tensor(space.eliminated_gamma, device=problem.device)]
+        return cls(torch.block_diag(X1, X3), torch.block_diag(problem.ZD_tensor, problem.ZS_tensor), 2)
+
+    def split(self, stacked: Tensor) -> list[Tensor]:
+        return list(stacked.chunk(self.equations))
+
+    def instruments(self, problem: Any) -> list[Tensor]:
+        return [problem.ZD_tensor] + ([problem.ZS_tensor] if self.equations == 2 else [])
 
 
 class GMMObjective:
     """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start."""
 
     def __init__(
-        self,
-        problem: Any,
-        model: DemandModel,
-        space: ParameterSpace,
-        iteration: Iteration,
-        W: Tensor,
-        delta_start: Tensor,
-        delta_behavior: str,
-        stats: EvaluationStats,
+        self, problem: Any, model: DemandModel, space: ParameterSpace, iteration: Iteration, W: Tensor,
+        delta_start: Tensor, delta_behavior: str, stats: EvaluationStats, costs_bounds: tuple[float, float],
     ) -> None:
         self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
-        self.iv = LinearIV.build(problem.X1_tensor, problem.ZD_tensor, W)
+        self.supply = SupplyModel(problem, model) if problem.K3 else None
+        self.system = StackedSystem.build(problem, space)
+        self.iv = LinearIV.build(self.system.X, self.system.Z, W)
         self.start = delta_start
         self.delta_behavior = delta_behavior
         self.stats = stats
+        self.costs_bounds = costs_bounds
         self._first = True
         self.last: Evaluation | None = None
 
-    def absorb(self, rows: Tensor) -> Tensor:
-        if not self.problem.absorb_codes:
-            return rows
-        return Absorb.apply(rows, self.problem.absorb_codes, self.problem.absorb_counts)
+    def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
+        return Absorb.apply(rows, codes, counts) if codes else rows
+
+    def structural(self, theta: Tensor) -> tuple[Tensor, Any, Tensor, Tensor | None, int]:
+        """Left-hand sides of the stacked system at ``theta``: ``(y, inversion, delta_rows, costs, clipped)``."""
+        p = self.problem
+        sigma, pi, rho = self.space.unpack(theta)
+        beta, gamma = self.space.unpack_linear(theta)
+        inversion = self.model.invert(sigma, pi, rho, self.start, self.iteration.method, self.iteration.options)
+        delta_rows = self._absorb(inversion.delta[p.rows_market, p.rows_slot], p.absorb_codes, p.absorb_counts)
+        y = delta_rows - p.X1_tensor @ beta
+        if self.supply is None:
+            return y, inversion, delta_rows, None, 0
+        markups = self.supply.markups(inversion.delta, sigma, pi, rho, beta)
+        costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot]
+        lower, upper = self.costs_bounds
+        clipped = int(((costs < lower) | (costs > upper)).sum())
+        bounded = costs.clamp(min=lower, max=upper) if clipped else costs
+        transformed = torch.log(bounded) if p.costs_type == "log" else bounded
+        transformed = self._absorb(transformed, p.supply_absorb_codes, p.supply_absorb_counts)
+        y_supply = transformed - p.X3_tensor @ gamma
+        return torch.cat([y, y_supply]), inversion, delta_rows, costs, clipped
+
+    def full_linear(self, theta: Tensor, eliminated: Tensor) -> tuple[Tensor, Tensor]:
+        """``beta [K1]`` and ``gamma [K3]`` combining theta's elements with the concentrated ones."""
+        beta, gamma = self.space.unpack_linear(theta)
+        n_beta = len(self.space.eliminated_beta)
+        beta = beta.index_put((torch.as_tensor(self.space.eliminated_beta, device=beta.device),), eliminated[:n_beta])
+        gamma = gamma.index_put(
+            (torch.as_tensor(self.space.eliminated_gamma, device=gamma.device),), eliminated[n_beta:]
+        )
+        return beta, gamma
 
     def evaluate(self, theta_values: np.ndarray, gradient: bool = True) -> Evaluation:
         start_time = time.perf_counter()
         p = self.problem
         theta = torch.as_tensor(theta_values, dtype=p.dtype, device=p.device).clone()
         theta.requires_grad_(gradient and theta.numel() > 0)
-        sigma, pi, rho = self.space.unpack(theta)
-        inversion = self.model.invert(sigma, pi, rho, self.start, self.iteration.method, self.iteration.options)
-        delta_rows = self.absorb(inversion.delta[p.rows_market, p.rows_slot])
-        beta, xi = self.iv.residuals(delta_rows)
-        objective = self.iv.objective(xi)
+        y, inversion, delta_rows, costs, clipped = self.structural(theta)
+        eliminated, residuals = self.iv.residuals(y)
+        objective = self.iv.objective(residuals)
         if theta.requires_grad:
             (grad,) = torch.autograd.grad(objective, theta)
         else:
@@ -106,22 +165,19 @@ class GMMObjective:
         if bool(failed.any()):
             self.stats.fp_failures += 1
             self.stats.last_unconverged_markets = torch.nonzero(failed).flatten().tolist()
-        finite_delta = torch.where(p.product_mask, result.values, 0.0)
+        solved = torch.where(p.product_mask, result.values, 0.0)
         if self.delta_behavior == "last" or self._first:
-            if bool(torch.isfinite(finite_delta).all()):
-                self.start = finite_delta
+            if bool(torch.isfinite(solved).all()):
+                self.start = solved
             self._first = False
+        beta, gamma = self.full_linear(theta.detach(), eliminated.detach())
+        parts = self.system.split(residuals.detach())
         self.stats.seconds += time.perf_counter() - start_time
         return Evaluation(
-            np.asarray(theta_values, dtype=np.float64).copy(),
-            float(objective.detach()),
-            grad.detach().cpu().numpy().astype(np.float64),
-            inversion.delta.detach(),
-            delta_rows.detach(),
-            beta.detach(),
-            xi.detach(),
-            result.converged,
-            result.iterations,
+            np.asarray(theta_values, dtype=np.float64).copy(), float(objective.detach()),
+            grad.detach().cpu().numpy().astype(np.float64), inversion.delta.detach(), delta_rows.detach(),
+            beta, gamma, parts[0], parts[1] if len(parts) > 1 else None,
+            None if costs is None else costs.detach(), clipped, result.converged, result.iterations,
             result.evaluations,
         )
 
@@ -136,6 +192,29 @@ class GMMObjective:
         self.last = evaluation
         return evaluation.objective, evaluation.gradient
 
+    def moments_jacobian(self, evaluation: Evaluation) -> Tensor:
+        """:math:`\\bar G = \\partial \\bar g/\\partial(\\theta, \\beta_c, \\gamma_c)`, ``[M, P + K_c]``.
+
+        The block for :math:`\\theta` comes from one reverse-mode pass per moment (no ``N x P`` or
+        ``J x J x P`` array is formed); the concentrated block is :math:`-Z'X/N`.
+        """
+        p = self.problem
+        N = p.N
+        Z, X = self.system.Z, self.system.X
+        concentrated = -Z.T @ X / N
+        P = evaluation.theta.size
+        if P == 0:
+            return concentrated
+        self.start = torch.where(p.product_mask, evaluation.delta, 0.0)
+        theta = torch.as_tensor(evaluation.theta, dtype=p.dtype, device=p.device).clone().requires_grad_(True)
+        y = self.structural(theta)[0]
+        moments = Z.T @ y / N
+        rows = [
+            torch.autograd.grad(moments[m], theta, retain_graph=m + 1 < moments.shape[0])[0]
+            for m in range(moments.shape[0])  # a loop over moments (post-estimation only)
+        ]
+        return torch.cat([torch.stack(rows), concentrated], dim=1)
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -148,24 +227,34 @@ class StepResult:
     stats: EvaluationStats
 
 
+@dataclass(frozen=True)
+class Covariances:
+    """Covariances of :math:`(\\theta, \\beta_c, \\gamma_c)` and what produced them."""
+
+    parameters: Tensor  # of sqrt(N)(estimate - truth)
+    S: Tensor
+    G: Tensor
+
+
 def solve(
     problem: Any,
     sigma: Any = None,
     pi: Any = None,
     rho: Any = None,
     beta: Any = None,
+    gamma: Any = None,
     sigma_bounds: Any = None,
     pi_bounds: Any = None,
     rho_bounds: Any = None,
+    beta_bounds: Any = None,
+    gamma_bounds: Any = None,
     delta: Any = None,
     W: Any = None,
     method: str = "2s",
     initial_update: bool = False,
     optimization: Optimization | None = None,
-    scale_objective: bool = True,
-    check_optimality: str = "both",
-    error_behavior: str = "revert",
     iteration: Iteration | None = None,
+    costs_bounds: Any = None,
     delta_behavior: str = "first",
     W_type: str = "robust",
     se_type: str = "robust",
@@ -179,12 +268,16 @@ def solve(
     sigma, pi, rho : array-like
         Starting values of :math:`\\Sigma` (``K2 x K2``, lower triangle used), :math:`\\Pi` (``K2 x D``) and
         :math:`\\rho` (``H x 1`` or a scalar for all nests). Zeros are fixed at zero.
-    sigma_bounds, pi_bounds, rho_bounds : tuple of array-like, optional
+    beta, gamma : array-like, optional
+        ``K1`` and ``K3`` vectors: NaN (the default) concentrates an element out; a number makes it a
+        nonlinear parameter starting there. With a supply side, the elements of :math:`\\beta` on
+        characteristics that involve prices must be given.
+    sigma_bounds, pi_bounds, rho_bounds, beta_bounds, gamma_bounds : tuple of array-like, optional
         ``(lower, upper)`` bounds for bounded optimizers; PyBLP's defaults otherwise.
     delta : array-like, optional
         Starting mean utilities (``N``); the logit's :math:`\\log s_j - \\log s_0` by default.
     W : array-like, optional
-        Starting weighting matrix; :math:`(Z'Z/N)^{-1}` by default.
+        Starting weighting matrix; block-diagonal :math:`(Z_D'Z_D/N)^{-1}`, :math:`(Z_S'Z_S/N)^{-1}` by default.
     method : {'1s', '2s'}
         One-step or two-step GMM (the second step uses :math:`W = S^{-1}` from the first).
     initial_update : bool
@@ -193,15 +286,17 @@ def solve(
         Default ``Optimization('l-bfgs-b', {'gtol': 1e-8})``.
     iteration : Iteration, optional
         Default ``Iteration('squarem', {'atol': 1e-14})``.
+    costs_bounds : tuple, optional
+        ``(lower, upper)`` bounds on marginal costs; costs outside are clipped and counted (e.g.
+        ``(0.001, None)`` with ``costs_type='log'``).
     delta_behavior : {'first', 'last'}
         Start each inversion at the delta of the step's first evaluation, or of the last one.
     W_type, se_type : {'robust', 'clustered', 'unadjusted'}
-        How :math:`S` is estimated for the weighting matrix and for standard errors
-        (``'clustered'`` needs ``clustering_ids``).
+        How :math:`S` is estimated for the weighting matrix and for standard errors.
     center_moments : bool
         Center the moment contributions when estimating :math:`S`.
     progress : bool
-        Print a progress bar over optimizer evaluations.
+        Show a progress bar over optimizer evaluations.
 
     Returns
     -------
@@ -213,88 +308,72 @@ def solve(
     check_choice("W_type", W_type, CovarianceType)
     check_choice("se_type", se_type, CovarianceType)
     check_choice("delta_behavior", delta_behavior, DeltaBehavior)
-    if beta is not None:
-        raise SpecificationError("beta is always concentrated out; fixing elements of beta is not supported yet.")
     if "clustered" in (W_type, se_type) and problem.clustering_codes is None:
         raise SpecificationError("W_type or se_type 'clustered' needs a clustering_ids column in product_data.")
     optimization = optimization or Optimization()
     iteration = iteration or Iteration()
     space = ParameterSpace.build(
-        sigma,
-        pi,
-        rho,
-        problem.K2,
-        problem.D,
-        problem.H,
-        problem.design.X2_labels,
-        problem.design.demographics_labels,
-        optimization.supports_bounds,
-        sigma_bounds,
-        pi_bounds,
-        rho_bounds,
+        sigma, pi, rho, problem.K2, problem.D, problem.H, problem.design.X2_labels,
+        problem.design.demographics_labels, optimization.supports_bounds, sigma_bounds, pi_bounds, rho_bounds,
+        beta=beta, gamma=gamma, X1_labels=problem.design.X1_labels, X3_labels=problem.X3_labels,
+        beta_bounds=beta_bounds, gamma_bounds=gamma_bounds,
     )
-    if problem.MD < problem.K1 + space.P:
-        raise SpecificationError(
-            f"The model is under-identified: {problem.MD} demand moments (instruments, including exogenous X1 "
-            f"columns) for {problem.K1} linear and {space.P} nonlinear parameters. Add instruments."
-        )
+    _check_identification(problem, space)
+    bounds = _costs_bounds(costs_bounds)
     model = DemandModel(problem)
     start = _starting_delta(problem, delta)
-    N = problem.N
-    Z = problem.ZD_tensor
-    W_current = (
-        invert(Z.T @ Z / N)[0]
-        if W is None
-        else torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=problem.dtype, device=problem.device)
-    )
-    if W_current.shape != (problem.MD, problem.MD):
-        raise SpecificationError(f"W must be {problem.MD} by {problem.MD}; received shape {tuple(W_current.shape)}.")
+    system = StackedSystem.build(problem, space)
+    W_current = _initial_W(problem, system, W)
     theta = space.theta0
     total_start = time.perf_counter()
     if initial_update:
-        stats = EvaluationStats()
-        evaluation = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats).evaluate(
-            theta, gradient=False
-        )
-        W_current = _updated_W(problem, evaluation.xi, W_type, center_moments)
+        objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior,
+                                 EvaluationStats(), bounds)
+        W_current = _updated_W(problem, system, objective.evaluate(theta, gradient=False), W_type, center_moments)
     steps: list[StepResult] = []
     for step in range(1, (2 if method == "2s" else 1) + 1):
         stats = EvaluationStats()
-        objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats)
+        objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds)
         optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
         evaluation = objective.evaluate(optimized.x)
-        if not optimized.converged:
-            warnings.warn(
-                f"GMM step {step}: the optimizer stopped without converging ({optimized.message}). Try other "
-                "starting values, a different Optimization method or a looser gtol.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        if not bool(evaluation.converged.all()):
-            warnings.warn(
-                f"GMM step {step}: the inversion for delta did not converge in {int((~evaluation.converged).sum())} "
-                "market(s) at the final parameters; see results.fp_converged.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        _warn_failures(step, optimized, evaluation)
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
-        W_current = _updated_W(problem, evaluation.xi, W_type, center_moments)
-    covariances = _covariances(problem, model, space, steps[-1], W_type, se_type, center_moments)
+        W_current = _updated_W(problem, system, evaluation, W_type, center_moments)
+    covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
     return ProblemResults(
-        problem=problem,
-        space=space,
-        steps=steps,
-        covariances=covariances,
-        updated_W=W_current,
-        W_type=W_type,
-        se_type=se_type,
-        method=method,
-        optimization=optimization,
-        iteration=iteration,
-        seconds=time.perf_counter() - total_start,
+        problem=problem, space=space, steps=steps, covariances=covariances, updated_W=W_current,
+        W_type=W_type, se_type=se_type, method=method, optimization=optimization, iteration=iteration,
+        seconds=time.perf_counter() - total_start, costs_bounds=bounds,
     )
+
+
+def _check_identification(problem: Any, space: ParameterSpace) -> None:
+    if problem.K3 and problem.ownership_padded is None:
+        raise SpecificationError("A supply side needs firm_ids (or ownership columns) in product_data.")
+    if problem.K3:
+        endogenous = [problem.design.X1_labels.index(label) for label in problem.design.endogenous]
+        missing = [problem.design.X1_labels[k] for k in endogenous if np.isnan(space.beta0[k])]
+        if missing:
+            raise SpecificationError(
+                f"With a supply side, markups depend on the coefficients on {missing}, so they cannot be "
+                "concentrated out: give them starting values in beta (NaN for the other elements)."
+            )
+    moments = problem.MD + problem.MS
+    linear = len(space.eliminated_beta) + len(space.eliminated_gamma)
+    if moments < linear + space.P:
+        raise SpecificationError(
+            f"The model is under-identified: {moments} moments (instruments, including exogenous X1 and X3 "
+            f"columns) for {linear} linear and {space.P} nonlinear parameters. Add instruments."
+        )
+
+
+def _costs_bounds(costs_bounds: Any) -> tuple[float, float]:
+    if costs_bounds is None:
+        return (-np.inf, np.inf)
+    lower, upper = costs_bounds
+    return (-np.inf if lower is None else float(lower), np.inf if upper is None else float(upper))
 
 
 def _starting_delta(problem: Any, delta: Any) -> Tensor:
@@ -306,51 +385,57 @@ def _starting_delta(problem: Any, delta: Any) -> Tensor:
     return torch.as_tensor(problem.layout.pad(values), dtype=problem.dtype, device=problem.device)
 
 
-def _updated_W(problem: Any, xi: Tensor, W_type: str, center: bool) -> Tensor:
-    S = moment_covariances(xi, problem.ZD_tensor, W_type, problem.clustering_codes, center)
+def _initial_W(problem: Any, system: StackedSystem, W: Any) -> Tensor:
+    M = problem.MD + problem.MS
+    if W is None:
+        blocks = [invert(Z.T @ Z / problem.N)[0] for Z in system.instruments(problem)]
+        return torch.block_diag(*blocks)
+    matrix = torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=problem.dtype, device=problem.device)
+    if matrix.shape != (M, M):
+        raise SpecificationError(f"W must be {M} by {M}; received shape {tuple(matrix.shape)}.")
+    return matrix
+
+
+def _residuals(evaluation: Evaluation) -> list[Tensor]:
+    return [evaluation.xi] + ([evaluation.omega] if evaluation.omega is not None else [])
+
+
+def _updated_W(problem: Any, system: StackedSystem, evaluation: Evaluation, W_type: str, center: bool) -> Tensor:
+    S = moment_covariances(_residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes,
+                           center)
     W, singular = invert(S)
     if singular:
-        warnings.warn(
-            "The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
+        warnings.warn("The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
+                      ConvergenceWarning, stacklevel=4)
     return W
 
 
-@dataclass(frozen=True)
-class Covariances:
-    """Covariances of :math:`(\\theta, \\beta)` and what produced them."""
-
-    parameters: Tensor  # [P + K1, P + K1], of sqrt(N)(estimate - truth)
-    S: Tensor
-    G: Tensor  # mean moment Jacobian [MD, P + K1]
-    xi_by_theta: Tensor  # [N, P]
+def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluation) -> None:
+    if not optimized.converged:
+        warnings.warn(
+            f"GMM step {step}: the optimizer stopped without converging ({optimized.message}). Try other "
+            "starting values, a different Optimization method or a looser gtol.",
+            ConvergenceWarning, stacklevel=4,
+        )
+    if not bool(evaluation.converged.all()):
+        warnings.warn(
+            f"GMM step {step}: the inversion for delta did not converge in {int((~evaluation.converged).sum())} "
+            "market(s) at the final parameters; see results.fp_converged.",
+            ConvergenceWarning, stacklevel=4,
+        )
 
 
 def _covariances(
-    problem: Any,
-    model: DemandModel,
-    space: ParameterSpace,
-    last: StepResult,
-    W_type: str,
-    se_type: str,
-    center: bool,
+    problem: Any, objective: GMMObjective, system: StackedSystem, last: StepResult, se_type: str, center: bool
 ) -> Covariances:
     evaluation = last.evaluation
-    theta = torch.as_tensor(evaluation.theta, dtype=problem.dtype, device=problem.device)
-    jacobian = model.delta_jacobian(evaluation.delta, theta, space.unpack)  # [T, J, P]
-    rows = jacobian[problem.rows_market, problem.rows_slot]
-    if problem.absorb_codes and rows.shape[1]:
-        rows = Absorb.apply(rows, problem.absorb_codes, problem.absorb_counts)
-    N = problem.N
-    Z = problem.ZD_tensor
-    G = Z.T @ torch.cat([rows, -problem.X1_tensor], dim=1) / N
-    S = moment_covariances(evaluation.xi, Z, se_type, problem.clustering_codes, center)
+    G = objective.moments_jacobian(evaluation)
+    S = moment_covariances(_residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes,
+                           center)
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]
-    return Covariances(parameter_covariances(W, S, G, se_type), S, G, rows)
+    return Covariances(parameter_covariances(W, S, G, se_type), S, G)
 
 
 def _with_progress(objective: GMMObjective, show: bool, step: int) -> Any:

@@ -136,7 +136,10 @@ class Formulation:
             shifted = data.copy()
             shifted[name] = base + k * h
             designs.append(self.build_matrix(shifted)[0])
-        return (designs[0] - 8 * designs[1] + 8 * designs[2] - designs[3]) / (12 * h)
+        derivative = (designs[0] - 8 * designs[1] + 8 * designs[2] - designs[3]) / (12 * h)
+        moved = np.any(np.stack(designs) != designs[0], axis=(0, 1))
+        derivative[:, ~moved] = 0.0  # columns that do not depend on the variable have a zero derivative
+        return derivative
 
 
 def _factor_variables(factor: Any) -> set[str]:

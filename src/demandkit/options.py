@@ -13,6 +13,7 @@ GMMMethod = Literal["1s", "2s"]
 CovarianceType = Literal["robust", "clustered", "unadjusted"]
 DeltaBehavior = Literal["first", "last"]
 RCType = Literal["linear", "log", "logit"]
+CostsType = Literal["linear", "log"]
 
 
 def check_choice(parameter: str, value: Any, options: Any) -> Any:

@@ -4,7 +4,9 @@ labels and bounds, and the map between the vector :math:`\\theta` and the matric
 Conventions follow PyBLP so that the same call reaches the same optimum: :math:`\\Sigma` is lower
 triangular (the Cholesky root of the covariance of the random coefficients) and elements that start at
 zero stay at zero; free elements are ordered by the lower triangle of :math:`\\Sigma` row by row, then
-:math:`\\Pi` row by row, then :math:`\\rho`. With a bounded optimizer, the diagonal of :math:`\\Sigma` is
+:math:`\\Pi` row by row, then :math:`\\rho`, then the elements of :math:`\\beta` and :math:`\\gamma` given
+starting values (NaN, the default, concentrates an element out by IV-GMM; with a supply side the
+coefficients on prices must be given, since markups depend on them). With a bounded optimizer, the diagonal of :math:`\\Sigma` is
 bounded below by :math:`\\min(0, \\Sigma_{kk}^0)` and :math:`\\rho` lies in
 :math:`[\\min(0, \\rho^0), \\max(0.99, \\rho^0)]` unless bounds are given.
 """
@@ -40,6 +42,18 @@ def _matrix(name: str, value: Any, shape: tuple[int, int], required: bool) -> np
     return matrix
 
 
+def _linear(name: str, value: Any, size: int) -> np.ndarray:
+    """Starting values of beta or gamma: NaN means concentrated out (the default for every element)."""
+    if value is None:
+        return np.full(size, np.nan)
+    vector = np.asarray(value, dtype=np.float64).reshape(-1)
+    if vector.shape[0] != size:
+        raise SpecificationError(f"{name} must have {size} elements (NaN to concentrate one out); received {vector.size}.")
+    if np.isinf(vector).any():
+        raise SpecificationError(f"{name} has infinite starting values.")
+    return vector
+
+
 @dataclass(frozen=True)
 class ParameterSpace:
     """Free elements of :math:`\\Sigma`, :math:`\\Pi` and :math:`\\rho` and how to pack them."""
@@ -50,6 +64,10 @@ class ParameterSpace:
     sigma_index: tuple[np.ndarray, np.ndarray]
     pi_index: tuple[np.ndarray, np.ndarray]
     rho_index: np.ndarray
+    beta0: np.ndarray
+    gamma0: np.ndarray
+    beta_index: np.ndarray
+    gamma_index: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
     labels: list[str]
@@ -69,6 +87,12 @@ class ParameterSpace:
         sigma_bounds: Any = None,
         pi_bounds: Any = None,
         rho_bounds: Any = None,
+        beta: Any = None,
+        gamma: Any = None,
+        X1_labels: list[str] | None = None,
+        X3_labels: list[str] | None = None,
+        beta_bounds: Any = None,
+        gamma_bounds: Any = None,
     ) -> ParameterSpace:
         sigma0 = np.tril(_matrix("sigma", sigma, (K2, K2), required=True))
         pi0 = _matrix("pi", pi, (K2, D), required=True)
@@ -78,12 +102,24 @@ class ParameterSpace:
         sigma_index = (rows[free], cols[free])
         pi_index = tuple(np.nonzero(pi0))
         rho_index = np.flatnonzero(rho0 != 0)
+        X1_labels, X3_labels = list(X1_labels or []), list(X3_labels or [])
+        beta0 = _linear("beta", beta, len(X1_labels))
+        gamma0 = _linear("gamma", gamma, len(X3_labels))
+        beta_index = np.flatnonzero(~np.isnan(beta0))
+        gamma_index = np.flatnonzero(~np.isnan(gamma0))
         labels = [f"sigma[{X2_labels[r]}, {X2_labels[c]}]" for r, c in zip(*sigma_index, strict=True)]
         labels += [f"pi[{X2_labels[r]}, {D_labels[c]}]" for r, c in zip(*pi_index, strict=True)]
         labels += [f"rho[{k}]" for k in rho_index]
+        labels += [f"beta[{X1_labels[k]}]" for k in beta_index]
+        labels += [f"gamma[{X3_labels[k]}]" for k in gamma_index]
         lower = np.full(len(labels), -np.inf)
         upper = np.full(len(labels), np.inf)
-        offsets = (0, len(sigma_index[0]), len(sigma_index[0]) + len(pi_index[0]))
+        offsets = (
+            0,
+            len(sigma_index[0]),
+            len(sigma_index[0]) + len(pi_index[0]),
+            len(sigma_index[0]) + len(pi_index[0]) + len(rho_index),
+        )
         if bounded:
             for p, (r, c) in enumerate(zip(*sigma_index, strict=True)):
                 if r == c and sigma_bounds is None:
@@ -102,15 +138,28 @@ class ParameterSpace:
                 upper[offset : offset + len(index[0])] = np.nan_to_num(ub[index], nan=np.inf)
         if rho_bounds is not None:
             lb, ub = (np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), rho0.shape) for b in rho_bounds)
-            lower[offsets[2] :] = lb[rho_index]
-            upper[offsets[2] :] = ub[rho_index]
-        theta0 = np.concatenate([sigma0[sigma_index], pi0[pi_index], rho0[rho_index]])
+            lower[offsets[2] : offsets[3]] = lb[rho_index]
+            upper[offsets[2] : offsets[3]] = ub[rho_index]
+        for given, index, offset in (
+            (beta_bounds, beta_index, offsets[3]),
+            (gamma_bounds, gamma_index, offsets[3] + len(beta_index)),
+        ):
+            if given is not None:
+                lb, ub = (np.asarray(b, dtype=np.float64).reshape(-1) for b in given)
+                lower[offset : offset + len(index)] = np.nan_to_num(lb[index], nan=-np.inf)
+                upper[offset : offset + len(index)] = np.nan_to_num(ub[index], nan=np.inf)
+        theta0 = np.concatenate(
+            [sigma0[sigma_index], pi0[pi_index], rho0[rho_index], beta0[beta_index], gamma0[gamma_index]]
+        )
         outside = (theta0 < lower) | (theta0 > upper)
         if outside.any():
             raise SpecificationError(
                 f"Starting values {[labels[k] for k in np.flatnonzero(outside)]} lie outside their bounds."
             )
-        return cls(sigma0, pi0, rho0, sigma_index, pi_index, rho_index, lower, upper, labels)
+        return cls(
+            sigma0, pi0, rho0, sigma_index, pi_index, rho_index, beta0, gamma0, beta_index, gamma_index,
+            lower, upper, labels,
+        )
 
     @property
     def P(self) -> int:
@@ -120,8 +169,21 @@ class ParameterSpace:
     def theta0(self) -> np.ndarray:
         return self.pack(self.sigma0, self.pi0, self.rho0)
 
+    @property
+    def P_demand(self) -> int:
+        """Number of free elements of sigma, pi and rho (the rest of theta are beta and gamma elements)."""
+        return len(self.sigma_index[0]) + len(self.pi_index[0]) + len(self.rho_index)
+
     def pack(self, sigma: np.ndarray, pi: np.ndarray, rho: np.ndarray) -> np.ndarray:
-        return np.concatenate([sigma[self.sigma_index], pi[self.pi_index], np.asarray(rho).reshape(-1)[self.rho_index]])
+        return np.concatenate(
+            [
+                sigma[self.sigma_index],
+                pi[self.pi_index],
+                np.asarray(rho).reshape(-1)[self.rho_index],
+                self.beta0[self.beta_index],
+                self.gamma0[self.gamma_index],
+            ]
+        )
 
     def unpack(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Matrices :math:`(\\Sigma, \\Pi, \\rho)` as tensors that depend on ``theta`` (differentiably)."""
@@ -134,9 +196,29 @@ class ParameterSpace:
             tuple(torch.as_tensor(i, device=theta.device) for i in self.pi_index), theta[n_sigma : n_sigma + n_pi]
         )
         rho = torch.as_tensor(self.rho0, **kwargs).index_put(
-            (torch.as_tensor(self.rho_index, device=theta.device),), theta[n_sigma + n_pi :]
+            (torch.as_tensor(self.rho_index, device=theta.device),), theta[n_sigma + n_pi : self.P_demand]
         )
         return sigma, pi, rho
+
+    def unpack_linear(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """``beta [K1]`` and ``gamma [K3]`` holding the elements in theta, zero where concentrated out."""
+        kwargs = {"dtype": theta.dtype, "device": theta.device}
+        start = self.P_demand
+        beta = torch.zeros(self.beta0.shape, **kwargs).index_put(
+            (torch.as_tensor(self.beta_index, device=theta.device),), theta[start : start + len(self.beta_index)]
+        )
+        gamma = torch.zeros(self.gamma0.shape, **kwargs).index_put(
+            (torch.as_tensor(self.gamma_index, device=theta.device),), theta[start + len(self.beta_index) :]
+        )
+        return beta, gamma
+
+    @property
+    def eliminated_beta(self) -> np.ndarray:
+        return np.flatnonzero(np.isnan(self.beta0))
+
+    @property
+    def eliminated_gamma(self) -> np.ndarray:
+        return np.flatnonzero(np.isnan(self.gamma0))
 
     def bounds(self) -> list[tuple[float, float]]:
         return [(float(lb), float(ub)) for lb, ub in zip(self.lower, self.upper, strict=True)]

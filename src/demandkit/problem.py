@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .exceptions import SpecificationError
+from .exceptions import InvalidDataError, SpecificationError
 from .formulation import Formulation, absorb
 from .integration import Integration
 from .layout import Layout
-from .options import RCType, check_choice
+from .options import CostsType, RCType, check_choice
 from .validation import (
     as_frame,
     check_agent_markets,
@@ -98,10 +98,7 @@ class Problem:
             formulations.append(None)
         if formulations[0] is None:
             raise SpecificationError("product_formulations must start with the X1 formulation.")
-        if formulations[2] is not None:
-            raise SpecificationError(
-                "A supply side (X3) is not supported yet in this version; pass only (X1, X2) formulations."
-            )
+        check_choice("costs_type", costs_type, CostsType)
         self.product_formulations = tuple(formulations)
         self.agent_formulation = agent_formulation
         self.integration = integration
@@ -120,6 +117,7 @@ class Problem:
         for kind in self.rc_types:
             check_choice("rc_types entry", kind, RCType)
         self._build_agents(agent_data)
+        self._build_supply()
         self._build_tensors()
 
     # -------------------------------------------------------------- products
@@ -141,6 +139,7 @@ class Problem:
         self.shares = frame["shares"].to_numpy(dtype=np.float64)
         check_shares(self.shares, self.market_ids_of_rows)
         self.layout = Layout.build(self.market_ids_of_rows)
+        self.N_rows = len(frame)
 
         X1_raw, X1_labels = X1_formulation.build_matrix(frame)
         X2, X2_labels = (
@@ -174,7 +173,69 @@ class Problem:
         moved = np.any(formulation.build_matrix(shifted)[0] != X1, axis=0)
         return [labels[k] for k in np.flatnonzero(moved)]
 
-    # ---------------------------------------------------------------- agents
+    # ---------------------------------------------------------------- supply
+    def _build_supply(self) -> None:
+        """X3, the supply instruments, ownership and the price derivatives of the designs."""
+        frame = self.products
+        X3_formulation = self.product_formulations[2]
+        self.K3 = 0
+        self.X3 = np.zeros((self.N_rows, 0))
+        self.X3_labels: list[str] = []
+        self.ZS = np.zeros((self.N_rows, 0))
+        self.ZS_labels: list[str] = []
+        self.supply_absorb_ids = None
+        if X3_formulation is not None:
+            require_columns(frame, ["prices", "firm_ids"], "product_data (a supply side needs them)")
+            require_columns(frame, sorted(X3_formulation.variables - {"shares"}), "product_data")
+            instrument_names = numbered_columns(frame, "supply_instruments")
+            check_finite(frame, sorted(X3_formulation.variables | {"prices"}) + instrument_names, "product_data")
+            X3_raw, self.X3_labels = X3_formulation.build_matrix(frame)
+            endogenous = [k for k, label in enumerate(self.X3_labels) if "shares" in label]
+            exogenous = [k for k in range(len(self.X3_labels)) if k not in endogenous]
+            ZS = frame[instrument_names].to_numpy(dtype=np.float64) if instrument_names else np.zeros((self.N_rows, 0))
+            self.ZS_labels = list(instrument_names)
+            if self.add_exogenous:
+                ZS = np.column_stack([ZS, X3_raw[:, exogenous]])
+                self.ZS_labels += [self.X3_labels[k] for k in exogenous]
+            self.supply_absorb_ids = X3_formulation.build_ids(frame)
+            self.X3_raw = X3_raw
+            self.X3 = absorb(X3_raw, self.supply_absorb_ids, X3_formulation.absorb_method)
+            self.ZS = absorb(ZS, self.supply_absorb_ids, X3_formulation.absorb_method)
+            check_full_rank(self.X3, self.X3_labels, "X3")
+            check_full_rank(self.ZS, self.ZS_labels, "The supply instruments")
+            self.K3 = self.X3.shape[1]
+        self.ownership = self._ownership(frame)
+        if "prices" in frame.columns:
+            check_finite(frame, ["prices"], "product_data")
+            self.dX1 = self.product_formulations[0].derivative_matrix(frame, "prices")
+            self.dX2 = (
+                self.product_formulations[1].derivative_matrix(frame, "prices")
+                if self.product_formulations[1] is not None
+                else np.zeros((self.N_rows, 0))
+            )
+        else:
+            self.dX1 = np.zeros_like(self.design.X1_raw)
+            self.dX2 = np.zeros_like(self.design.X2)
+
+    def _ownership(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Padded ``[T, J, J]`` ownership: ``ownership0..`` columns if given, else from ``firm_ids``."""
+        columns = numbered_columns(frame, "ownership")
+        if columns:
+            width = self.layout.mask.shape[1]
+            if len(columns) < width:
+                raise InvalidDataError(
+                    f"product_data has {len(columns)} ownership columns; markets have up to {width} products, so "
+                    f"ownership0..ownership{width - 1} are needed."
+                )
+            check_finite(frame.assign(**{c: frame[c].fillna(0) for c in columns}), columns, "product_data")
+            matrix = self.layout.pad(frame[columns[:width]].to_numpy(dtype=np.float64))
+            both = self.layout.mask[:, :, None] & self.layout.mask[:, None, :]
+            return np.where(both, matrix, 0.0)
+        if "firm_ids" not in frame.columns:
+            return None
+        return ownership_from_firms(self.layout, frame["firm_ids"].to_numpy())
+
+
     def _build_agents(self, agent_data: Any) -> None:
         markets = self.layout.market_ids
         D_labels: list[str] = []
@@ -260,6 +321,23 @@ class Problem:
             self.demographics_padded = (
                 self._tensor(agent.pad(self.demographics)) if self.demographics is not None else None
             )
+        self.prices_padded = (
+            self._tensor(layout.pad(self.products["prices"].to_numpy(dtype=np.float64)))
+            if "prices" in self.products.columns
+            else None
+        )
+        self.dX1_padded = self._tensor(layout.pad(self.dX1))
+        self.dX2_padded = self._tensor(layout.pad(self.dX2)) if self.K2 else None
+        self.ownership_padded = self._tensor(self.ownership) if self.ownership is not None else None
+        self.X3_tensor = self._tensor(self.X3)
+        self.ZS_tensor = self._tensor(self.ZS)
+        self.MS = self.ZS.shape[1]
+        self.supply_absorb_codes, self.supply_absorb_counts = [], []
+        if self.supply_absorb_ids is not None:
+            for e in range(self.supply_absorb_ids.shape[1]):
+                codes = self.supply_absorb_ids[:, e]
+                self.supply_absorb_codes.append(torch.as_tensor(codes, device=self.device))
+                self.supply_absorb_counts.append(self._tensor(np.bincount(codes)))
         if self.clustering_ids is not None:
             self.clustering_codes = torch.as_tensor(
                 np.unique(self.clustering_ids, return_inverse=True)[1], device=self.device
@@ -278,6 +356,8 @@ class Problem:
         ]
         if self.product_formulations[1] is not None:
             lines.append(f"  X2: {self.product_formulations[1]}")
+        if self.product_formulations[2] is not None:
+            lines.append(f"  X3: {self.product_formulations[2]}  (costs_type: {self.costs_type}, MS = {self.MS})")
         if self.agent_formulation is not None:
             lines.append(f"  d: {self.agent_formulation}")
         return "\n".join(lines)
@@ -302,3 +382,12 @@ def _align_demographics(demographics: np.ndarray, loaded: np.ndarray, built: np.
         )
     padded = loaded_layout.pad(demographics)[:, : built_layout.mask.shape[1]]
     return built_layout.unpad(padded)
+
+
+def ownership_from_firms(layout: Layout, firm_ids: np.ndarray) -> np.ndarray:
+    """Padded ``[T, J, J]`` matrix with ones where two products of a market share a firm."""
+    codes = np.unique(firm_ids, return_inverse=True)[1]
+    padded = layout.pad(codes, -1)
+    same = padded[:, :, None] == padded[:, None, :]
+    both = layout.mask[:, :, None] & layout.mask[:, None, :]
+    return (same & both).astype(np.float64)

@@ -65,6 +65,7 @@ class ProblemResults(DemandPostEstimation):
         optimization: Any,
         iteration: Any,
         seconds: float,
+        costs_bounds: tuple[float, float] = (-np.inf, np.inf),
     ) -> None:
         self.problem = problem
         self.model = DemandModel(problem)
@@ -80,6 +81,9 @@ class ProblemResults(DemandPostEstimation):
         self.rho = rho.reshape(-1, 1)
         self.sigma_squared = sigma @ sigma.T
         self.beta = _numpy(evaluation.beta).reshape(-1, 1)
+        self.gamma = _numpy(evaluation.gamma).reshape(-1, 1)
+        self.gamma_labels = list(problem.X3_labels)
+        self.costs_bounds = costs_bounds
         self.beta_labels = list(problem.design.X1_labels)
         self.sigma_labels = list(problem.design.X2_labels)
         self.pi_labels = list(problem.design.demographics_labels)
@@ -110,14 +114,9 @@ class ProblemResults(DemandPostEstimation):
         self.moments_covariances = _numpy(covariances.S)
         self.moments_jacobian = _numpy(covariances.G)
         se = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
-        P = space.P
-        self.sigma_se = np.zeros_like(sigma)
-        self.sigma_se[space.sigma_index] = se[: len(space.sigma_index[0])]
-        self.pi_se = np.zeros_like(pi)
-        self.pi_se[space.pi_index] = se[len(space.sigma_index[0]) : len(space.sigma_index[0]) + len(space.pi_index[0])]
-        self.rho_se = np.zeros_like(self.rho)
-        self.rho_se.reshape(-1)[space.rho_index] = se[len(space.sigma_index[0]) + len(space.pi_index[0]) : P]
-        self.beta_se = se[P:].reshape(-1, 1)
+        self.sigma_se, self.pi_se, self.rho_se, self.beta_se, self.gamma_se = _standard_errors(space, se)
+        self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
+        self.clipped_costs = int(evaluation.clipped_costs)
         self.first_stage = first_stage(problem)
 
     # --------------------------------------------------------------- tables
@@ -134,6 +133,8 @@ class ProblemResults(DemandPostEstimation):
             rows.append(("pi", f"{self.sigma_labels[r]} x {self.pi_labels[c]}", self.pi[r, c], self.pi_se[r, c]))
         for k in self._space.rho_index:
             rows.append(("rho", f"rho[{k}]", self.rho[k, 0], self.rho_se[k, 0]))
+        for label, value, se in zip(self.gamma_labels, self.gamma[:, 0], self.gamma_se[:, 0], strict=True):
+            rows.append(("gamma", label, value, se))
         return pd.DataFrame(rows, columns=["parameter", "name", "estimate", "se"])
 
     def __str__(self) -> str:
@@ -162,6 +163,10 @@ class ProblemResults(DemandPostEstimation):
             "pi_se": self.pi_se.tolist(),
             "rho": self.rho.reshape(-1).tolist(),
             "rho_se": self.rho_se.reshape(-1).tolist(),
+            "gamma_labels": self.gamma_labels,
+            "gamma": self.gamma.reshape(-1).tolist(),
+            "gamma_se": self.gamma_se.reshape(-1).tolist(),
+            "clipped_costs": self.clipped_costs,
             "W": self.W.tolist(),
             "method": self.method,
             "W_type": self.W_type,
@@ -192,6 +197,25 @@ class ProblemResults(DemandPostEstimation):
     def from_pickle(path: str | Path) -> ProblemResults:
         with open(path, "rb") as file:
             return pickle.load(file)
+
+
+def _standard_errors(space: Any, se: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Place standard errors ordered as (theta, concentrated beta, concentrated gamma) into matrices."""
+    n_sigma, n_pi, n_rho = len(space.sigma_index[0]), len(space.pi_index[0]), len(space.rho_index)
+    n_beta, P = len(space.beta_index), space.P
+    sigma_se = np.zeros_like(space.sigma0)
+    sigma_se[space.sigma_index] = se[:n_sigma]
+    pi_se = np.zeros_like(space.pi0)
+    pi_se[space.pi_index] = se[n_sigma : n_sigma + n_pi]
+    rho_se = np.zeros(space.rho0.shape)
+    rho_se[space.rho_index] = se[n_sigma + n_pi : n_sigma + n_pi + n_rho]
+    beta_se = np.zeros(space.beta0.shape)
+    beta_se[space.beta_index] = se[space.P_demand : space.P_demand + n_beta]
+    beta_se[space.eliminated_beta] = se[P : P + len(space.eliminated_beta)]
+    gamma_se = np.zeros(space.gamma0.shape)
+    gamma_se[space.gamma_index] = se[space.P_demand + n_beta : P]
+    gamma_se[space.eliminated_gamma] = se[P + len(space.eliminated_beta) :]
+    return sigma_se, pi_se, rho_se.reshape(-1, 1), beta_se.reshape(-1, 1), gamma_se.reshape(-1, 1)
 
 
 def _project(gradient: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:

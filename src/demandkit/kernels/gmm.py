@@ -56,16 +56,26 @@ class LinearIV:
 
 
 def moment_covariances(
-    xi: Tensor, Z: Tensor, covariance_type: str, clusters: Tensor | None = None, center: bool = True
+    residuals: list[Tensor],
+    instruments: list[Tensor],
+    covariance_type: str,
+    clusters: Tensor | None = None,
+    center: bool = True,
 ) -> Tensor:
-    """Covariance :math:`S` of the moment contributions :math:`g_n = z_n\\xi_n` (``M x M``)."""
-    N = xi.shape[0]
+    """Covariance :math:`S` of the stacked moment contributions :math:`g_n = (z_{Dn}\\xi_n, z_{Sn}\\omega_n)`.
+
+    ``residuals`` and ``instruments`` hold one ``[N]`` error and one ``[N, M_e]`` instrument matrix per
+    equation (demand, and supply if any). Unadjusted :math:`S` has blocks
+    :math:`\\widehat{\\mathrm{Cov}}(u_a, u_b) Z_a'Z_b / N`.
+    """
+    N = residuals[0].shape[0]
     if covariance_type == "unadjusted":
-        centered = xi - xi.mean()
-        variance = centered @ centered / N
-        S = variance * (Z.T @ Z) / N
+        centered = [u - u.mean() for u in residuals]
+        blocks = [[(a @ b / N) * (Za.T @ Zb) for b, Zb in zip(centered, instruments, strict=True)]
+                  for a, Za in zip(centered, instruments, strict=True)]
+        S = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0) / N
     else:
-        g = Z * xi.unsqueeze(-1)
+        g = torch.cat([Z * u.unsqueeze(-1) for u, Z in zip(residuals, instruments, strict=True)], dim=1)
         if center:
             g = g - g.mean(dim=0, keepdim=True)
         if covariance_type == "clustered":

@@ -1,0 +1,50 @@
+"""The supply side: marginal costs implied by Bertrand-Nash pricing, for estimation and counterfactuals.
+
+Given demand at :math:`\\theta` (mean utilities, random coefficients, nesting), :class:`SupplyModel`
+computes the utility derivatives with respect to prices :math:`\\alpha_{ijt}`, the share Jacobian
+:math:`D`, markups :math:`\\eta` and marginal costs :math:`c = p - \\eta`, all as differentiable tensors
+so that the supply moments' gradient comes from autograd through the share Jacobian and its inverse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .demand import DemandModel
+from .kernels.markups import bertrand_markups
+from .kernels.shares import share_jacobian
+
+
+class SupplyModel:
+    """Markups and costs for every market of a problem at once."""
+
+    def __init__(self, problem: Any, demand: DemandModel) -> None:
+        self.demand = demand
+        self.mask = problem.product_mask
+        self.prices = problem.prices_padded
+        self.ownership = problem.ownership_padded
+        self.dX1 = problem.dX1_padded
+        self.dX2 = problem.dX2_padded
+        self.costs_type = problem.costs_type
+
+    def price_derivatives(self, beta: Tensor, coefficients: Tensor | None) -> Tensor:
+        """:math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt} = x^{(1)\\prime}_{p,jt}\\beta + x^{(2)\\prime}_{p,jt} c_{it}`."""
+        derivatives = (self.dX1 @ beta).unsqueeze(-1)
+        if coefficients is not None and self.dX2 is not None:
+            derivatives = derivatives + torch.einsum("tjk,tik->tji", self.dX2, coefficients)
+        return derivatives.expand(-1, -1, self.demand.weights.shape[1])
+
+    def markups(
+        self, delta: Tensor, sigma: Tensor, pi: Tensor, rho: Tensor, beta: Tensor, ownership: Tensor | None = None
+    ) -> Tensor:
+        """Bertrand-Nash markups ``[T, J]`` under ``ownership`` (the data's by default)."""
+        coefficients = self.demand.coefficients(sigma, pi)
+        mu = None if coefficients is None else self.demand.heterogeneity(coefficients)
+        probabilities = self.demand.probabilities(delta, mu, rho)
+        derivatives = self.price_derivatives(beta, coefficients)
+        jacobian = share_jacobian(probabilities, self.demand.weights, self.mask, self.demand.nesting, derivatives)
+        shares = (torch.exp(probabilities.log_probabilities) * self.demand.weights.unsqueeze(1)).sum(-1)
+        return bertrand_markups(jacobian, self.ownership if ownership is None else ownership, shares, self.mask)
