@@ -1,6 +1,7 @@
 """demandkit: structural demand estimation on a batched PyTorch engine, with PyBLP's interface."""
 
 from . import data, exceptions
+from .construction import build_ownership
 from .formulation import Formulation
 from .integration import Integration
 from .iteration import Iteration
@@ -20,4 +21,5 @@ __all__ = [
     "data",
     "exceptions",
     "__version__",
+    "build_ownership",
 ]

@@ -98,8 +98,16 @@ class GMMObjective:
     """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start."""
 
     def __init__(
-        self, problem: Any, model: DemandModel, space: ParameterSpace, iteration: Iteration, W: Tensor,
-        delta_start: Tensor, delta_behavior: str, stats: EvaluationStats, costs_bounds: tuple[float, float],
+        self,
+        problem: Any,
+        model: DemandModel,
+        space: ParameterSpace,
+        iteration: Iteration,
+        W: Tensor,
+        delta_start: Tensor,
+        delta_behavior: str,
+        stats: EvaluationStats,
+        costs_bounds: tuple[float, float],
     ) -> None:
         self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
         self.supply = SupplyModel(problem, model) if problem.K3 else None
@@ -174,10 +182,19 @@ class GMMObjective:
         parts = self.system.split(residuals.detach())
         self.stats.seconds += time.perf_counter() - start_time
         return Evaluation(
-            np.asarray(theta_values, dtype=np.float64).copy(), float(objective.detach()),
-            grad.detach().cpu().numpy().astype(np.float64), inversion.delta.detach(), delta_rows.detach(),
-            beta, gamma, parts[0], parts[1] if len(parts) > 1 else None,
-            None if costs is None else costs.detach(), clipped, result.converged, result.iterations,
+            np.asarray(theta_values, dtype=np.float64).copy(),
+            float(objective.detach()),
+            grad.detach().cpu().numpy().astype(np.float64),
+            inversion.delta.detach(),
+            delta_rows.detach(),
+            beta,
+            gamma,
+            parts[0],
+            parts[1] if len(parts) > 1 else None,
+            None if costs is None else costs.detach(),
+            clipped,
+            result.converged,
+            result.iterations,
             result.evaluations,
         )
 
@@ -313,10 +330,24 @@ def solve(
     optimization = optimization or Optimization()
     iteration = iteration or Iteration()
     space = ParameterSpace.build(
-        sigma, pi, rho, problem.K2, problem.D, problem.H, problem.design.X2_labels,
-        problem.design.demographics_labels, optimization.supports_bounds, sigma_bounds, pi_bounds, rho_bounds,
-        beta=beta, gamma=gamma, X1_labels=problem.design.X1_labels, X3_labels=problem.X3_labels,
-        beta_bounds=beta_bounds, gamma_bounds=gamma_bounds,
+        sigma,
+        pi,
+        rho,
+        problem.K2,
+        problem.D,
+        problem.H,
+        problem.design.X2_labels,
+        problem.design.demographics_labels,
+        optimization.supports_bounds,
+        sigma_bounds,
+        pi_bounds,
+        rho_bounds,
+        beta=beta,
+        gamma=gamma,
+        X1_labels=problem.design.X1_labels,
+        X3_labels=problem.X3_labels,
+        beta_bounds=beta_bounds,
+        gamma_bounds=gamma_bounds,
     )
     _check_identification(problem, space)
     bounds = _costs_bounds(costs_bounds)
@@ -327,8 +358,9 @@ def solve(
     theta = space.theta0
     total_start = time.perf_counter()
     if initial_update:
-        objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior,
-                                 EvaluationStats(), bounds)
+        objective = GMMObjective(
+            problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds
+        )
         W_current = _updated_W(problem, system, objective.evaluate(theta, gradient=False), W_type, center_moments)
     steps: list[StepResult] = []
     for step in range(1, (2 if method == "2s" else 1) + 1):
@@ -343,9 +375,18 @@ def solve(
         W_current = _updated_W(problem, system, evaluation, W_type, center_moments)
     covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
     return ProblemResults(
-        problem=problem, space=space, steps=steps, covariances=covariances, updated_W=W_current,
-        W_type=W_type, se_type=se_type, method=method, optimization=optimization, iteration=iteration,
-        seconds=time.perf_counter() - total_start, costs_bounds=bounds,
+        problem=problem,
+        space=space,
+        steps=steps,
+        covariances=covariances,
+        updated_W=W_current,
+        W_type=W_type,
+        se_type=se_type,
+        method=method,
+        optimization=optimization,
+        iteration=iteration,
+        seconds=time.perf_counter() - total_start,
+        costs_bounds=bounds,
     )
 
 
@@ -401,12 +442,16 @@ def _residuals(evaluation: Evaluation) -> list[Tensor]:
 
 
 def _updated_W(problem: Any, system: StackedSystem, evaluation: Evaluation, W_type: str, center: bool) -> Tensor:
-    S = moment_covariances(_residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes,
-                           center)
+    S = moment_covariances(
+        _residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes, center
+    )
     W, singular = invert(S)
     if singular:
-        warnings.warn("The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
-                      ConvergenceWarning, stacklevel=4)
+        warnings.warn(
+            "The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
     return W
 
 
@@ -415,13 +460,15 @@ def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluat
         warnings.warn(
             f"GMM step {step}: the optimizer stopped without converging ({optimized.message}). Try other "
             "starting values, a different Optimization method or a looser gtol.",
-            ConvergenceWarning, stacklevel=4,
+            ConvergenceWarning,
+            stacklevel=4,
         )
     if not bool(evaluation.converged.all()):
         warnings.warn(
             f"GMM step {step}: the inversion for delta did not converge in {int((~evaluation.converged).sum())} "
             "market(s) at the final parameters; see results.fp_converged.",
-            ConvergenceWarning, stacklevel=4,
+            ConvergenceWarning,
+            stacklevel=4,
         )
 
 
@@ -430,8 +477,9 @@ def _covariances(
 ) -> Covariances:
     evaluation = last.evaluation
     G = objective.moments_jacobian(evaluation)
-    S = moment_covariances(_residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes,
-                           center)
+    S = moment_covariances(
+        _residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes, center
+    )
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]

@@ -48,7 +48,9 @@ def _linear(name: str, value: Any, size: int) -> np.ndarray:
         return np.full(size, np.nan)
     vector = np.asarray(value, dtype=np.float64).reshape(-1)
     if vector.shape[0] != size:
-        raise SpecificationError(f"{name} must have {size} elements (NaN to concentrate one out); received {vector.size}.")
+        raise SpecificationError(
+            f"{name} must have {size} elements (NaN to concentrate one out); received {vector.size}."
+        )
     if np.isinf(vector).any():
         raise SpecificationError(f"{name} has infinite starting values.")
     return vector
@@ -157,8 +159,19 @@ class ParameterSpace:
                 f"Starting values {[labels[k] for k in np.flatnonzero(outside)]} lie outside their bounds."
             )
         return cls(
-            sigma0, pi0, rho0, sigma_index, pi_index, rho_index, beta0, gamma0, beta_index, gamma_index,
-            lower, upper, labels,
+            sigma0,
+            pi0,
+            rho0,
+            sigma_index,
+            pi_index,
+            rho_index,
+            beta0,
+            gamma0,
+            beta_index,
+            gamma_index,
+            lower,
+            upper,
+            labels,
         )
 
     @property

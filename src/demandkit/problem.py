@@ -235,7 +235,6 @@ class Problem:
             return None
         return ownership_from_firms(self.layout, frame["firm_ids"].to_numpy())
 
-
     def _build_agents(self, agent_data: Any) -> None:
         markets = self.layout.market_ids
         D_labels: list[str] = []

@@ -18,6 +18,7 @@ import torch
 
 from .demand import DemandModel
 from .diagnostics import first_stage
+from .counterfactuals import SupplyPostEstimation
 from .postestimation import DemandPostEstimation
 
 
@@ -25,7 +26,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
 
 
-class ProblemResults(DemandPostEstimation):
+class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
     """Results of :meth:`Problem.solve`.
 
     Attributes

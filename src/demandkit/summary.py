@@ -84,6 +84,13 @@ def format_results(results: Any) -> str:
     beta_rows = [[_number(v) for v in results.beta[:, 0]], [f"({_number(v)})" for v in results.beta_se[:, 0]]]
     if results.beta.size:
         parts.append(_table(f"Beta Estimates ({se_name} SEs in Parentheses):", results.beta_labels, beta_rows))
+    if results.gamma.size:
+        gamma_rows = [[_number(v) for v in results.gamma[:, 0]], [f"({_number(v)})" for v in results.gamma_se[:, 0]]]
+        parts.append(_table(f"Gamma Estimates ({se_name} SEs in Parentheses):", results.gamma_labels, gamma_rows))
+        if results.clipped_costs:
+            parts.append(
+                f"Note: {results.clipped_costs} marginal cost(s) were clipped to costs_bounds={results.costs_bounds}."
+            )
     space = results._space
     if space.sigma_index[0].size:
         free = set(zip(*(i.tolist() for i in space.sigma_index), strict=True))

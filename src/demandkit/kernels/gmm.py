@@ -71,8 +71,10 @@ def moment_covariances(
     N = residuals[0].shape[0]
     if covariance_type == "unadjusted":
         centered = [u - u.mean() for u in residuals]
-        blocks = [[(a @ b / N) * (Za.T @ Zb) for b, Zb in zip(centered, instruments, strict=True)]
-                  for a, Za in zip(centered, instruments, strict=True)]
+        blocks = [
+            [(a @ b / N) * (Za.T @ Zb) for b, Zb in zip(centered, instruments, strict=True)]
+            for a, Za in zip(centered, instruments, strict=True)
+        ]
         S = torch.cat([torch.cat(row, dim=1) for row in blocks], dim=0) / N
     else:
         g = torch.cat([Z * u.unsqueeze(-1) for u, Z in zip(residuals, instruments, strict=True)], dim=1)

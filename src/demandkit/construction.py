@@ -1,0 +1,52 @@
+"""Builders of data a problem needs: ownership matrices (PyBLP's ``build_ownership``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .exceptions import InvalidDataError, SpecificationError
+from .layout import Layout
+from .validation import as_frame, require_columns
+
+
+def build_ownership(
+    product_data: Any, kappa_specification: str | Callable[[Any, Any], float] | None = None
+) -> np.ndarray:
+    """Ownership matrices :math:`O_{jk} = \\kappa(f_j, f_k)` stacked by market, ``N x J_max`` (NaN padding).
+
+    Parameters
+    ----------
+    product_data : DataFrame or mapping
+        ``market_ids`` and (unless ``kappa_specification`` is ``'monopoly'`` or ``'single'``) ``firm_ids``.
+    kappa_specification : callable, 'monopoly', 'single' or None
+        :math:`\\kappa(f, g)`, the weight firm :math:`f` puts on firm :math:`g`'s profits (e.g. partial
+        common ownership); None for ``1{f = g}``; ``'monopoly'`` for one owner of everything; ``'single'``
+        for single-product firms.
+    """
+    frame = as_frame(product_data, "product_data")
+    require_columns(frame, ["market_ids"], "product_data")
+    layout = Layout.build(frame["market_ids"].to_numpy())
+    both = layout.mask[:, :, None] & layout.mask[:, None, :]
+    if kappa_specification == "monopoly":
+        matrices = np.ones(both.shape)
+    elif kappa_specification == "single":
+        matrices = np.broadcast_to(np.eye(both.shape[1]), both.shape).copy()
+    elif kappa_specification is None or callable(kappa_specification):
+        if "firm_ids" not in frame.columns:
+            raise InvalidDataError("build_ownership needs a firm_ids column unless kappa is 'monopoly' or 'single'.")
+        firms = layout.pad(frame["firm_ids"].to_numpy().astype(object), None)
+        rows, columns = firms[:, :, None], firms[:, None, :]
+        if kappa_specification is None:
+            matrices = (rows == columns).astype(np.float64)
+        else:
+            matrices = np.vectorize(kappa_specification, otypes=[np.float64])(
+                np.broadcast_to(rows, both.shape), np.broadcast_to(columns, both.shape)
+            )
+    else:
+        raise SpecificationError(
+            f"kappa_specification must be None, a callable, 'monopoly' or 'single'; received {kappa_specification!r}."
+        )
+    return layout.unpad(np.where(both, matrices, np.nan))
