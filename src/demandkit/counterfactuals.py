@@ -169,8 +169,10 @@ class SupplyPostEstimation:
         return (1e4 * (firm_shares**2).groupby(level=0).sum()).to_numpy().reshape(-1, 1)
 
     def compute_passthrough(self, firm_ids: Any = None, ownership: Any = None) -> np.ndarray:
-        """Passthrough :math:`\\Upsilon_{jk} = \\partial p_j/\\partial c_k = [(I - \\partial\\eta/\\partial p')^{-1}]_{jk}`,
-        stacked ``N x J_max``."""
+        """Passthrough of costs to prices, stacked ``N x J_max``.
+
+        :math:`\\Upsilon_{jk} = \\partial p_j/\\partial c_k = [(I - \\partial\\eta/\\partial p')^{-1}]_{jk}`.
+        """
         p = self.problem
         own = self._ownership_tensor(firm_ids, ownership)
         prices = p.prices_padded.clone().requires_grad_(True)

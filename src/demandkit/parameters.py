@@ -6,7 +6,8 @@ triangular (the Cholesky root of the covariance of the random coefficients) and 
 zero stay at zero; free elements are ordered by the lower triangle of :math:`\\Sigma` row by row, then
 :math:`\\Pi` row by row, then :math:`\\rho`, then the elements of :math:`\\beta` and :math:`\\gamma` given
 starting values (NaN, the default, concentrates an element out by IV-GMM; with a supply side the
-coefficients on prices must be given, since markups depend on them). With a bounded optimizer, the diagonal of :math:`\\Sigma` is
+coefficients on prices must be given, since markups depend on them).
+With a bounded optimizer, the diagonal of :math:`\\Sigma` is
 bounded below by :math:`\\min(0, \\Sigma_{kk}^0)` and :math:`\\rho` lies in
 :math:`[\\min(0, \\rho^0), \\max(0.99, \\rho^0)]` unless bounds are given.
 """

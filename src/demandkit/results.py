@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
-from .counterfactuals import SupplyPostEstimation
 from .postestimation import DemandPostEstimation
 
 

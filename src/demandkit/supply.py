@@ -31,7 +31,10 @@ class SupplyModel:
         self.costs_type = problem.costs_type
 
     def price_derivatives(self, beta: Tensor, coefficients: Tensor | None) -> Tensor:
-        """:math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt} = x^{(1)\\prime}_{p,jt}\\beta + x^{(2)\\prime}_{p,jt} c_{it}`."""
+        """Utility derivatives :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``.
+
+        :math:`\\alpha_{ijt} = x^{(1)\\prime}_{p,jt}\\beta + x^{(2)\\prime}_{p,jt} c_{it}` with the price derivatives of the designs.
+        """
         derivatives = (self.dX1 @ beta).unsqueeze(-1)
         if coefficients is not None and self.dX2 is not None:
             derivatives = derivatives + torch.einsum("tjk,tik->tji", self.dX2, coefficients)
