@@ -33,7 +33,8 @@ class SupplyModel:
     def price_derivatives(self, beta: Tensor, coefficients: Tensor | None) -> Tensor:
         """Utility derivatives :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``.
 
-        :math:`\\alpha_{ijt} = x^{(1)\\prime}_{p,jt}\\beta + x^{(2)\\prime}_{p,jt} c_{it}` with the price derivatives of the designs.
+        :math:`\\alpha_{ijt} = x^{(1)\\prime}_{p,jt}\\beta + x^{(2)\\prime}_{p,jt} c_{it}`, from the designs' price
+        derivatives.
         """
         derivatives = (self.dX1 @ beta).unsqueeze(-1)
         if coefficients is not None and self.dX2 is not None:
