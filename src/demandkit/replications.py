@@ -4,6 +4,8 @@
 product fixed effects absorbed in X1; ``1 + prices + sugar + mushy`` in X2 with a diagonal
 :math:`\\Sigma`; income, income squared, age and child in :math:`\\Pi` with Nevo's pattern of zeros; the
 20 given agents per market; one-step GMM with :math:`W = (Z'Z)^{-1}`; BFGS from Nevo's starting values.
+:func:`blp` is the Berry, Levinsohn and Pakes (1995) automobile replication as in Conlon and Gortmaker
+(2020), with its supply side.
 """
 
 from __future__ import annotations
@@ -53,4 +55,36 @@ def nevo(device: str = "cpu", progress: bool = False) -> Any:
     )
 
 
-REPLICATIONS = {"nevo": nevo}
+BLP_SIGMA0 = np.diag([3.612, 0, 4.628, 1.818, 1.050, 2.056])
+BLP_PI0 = np.c_[[0, -43.501, 0, 0, 0, 0]]
+
+
+def blp_problem(device: str = "cpu") -> Problem:
+    """The BLP (1995) automobile problem with its supply side on the built-in data."""
+    products = pd.read_csv(data.BLP_PRODUCTS_LOCATION)
+    agents = pd.read_csv(data.BLP_AGENTS_LOCATION)
+    formulations = (
+        Formulation("1 + hpwt + air + mpd + space"),
+        Formulation("1 + prices + hpwt + air + mpd + space"),
+        Formulation("1 + log(hpwt) + air + log(mpg) + log(space) + trend"),
+    )
+    return Problem(formulations, products, Formulation("0 + I(1 / income)"), agents, costs_type="log", device=device)
+
+
+def blp(device: str = "cpu", progress: bool = False) -> Any:
+    """Estimate the BLP (1995) replication: demand and log marginal costs, Bertrand-Nash pricing by
+    ``firm_ids``, two-step GMM with a clustered weighting matrix and standard errors, W updated at the
+    starting values, costs bounded below by 0.001."""
+    problem = blp_problem(device)
+    return problem.solve(
+        BLP_SIGMA0,
+        BLP_PI0,
+        costs_bounds=(0.001, None),
+        W_type="clustered",
+        se_type="clustered",
+        initial_update=True,
+        progress=progress,
+    )
+
+
+REPLICATIONS = {"nevo": nevo, "blp": blp}

@@ -32,6 +32,7 @@ which is how per-individual scores come out of one backward pass).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -122,14 +123,14 @@ def _correlated_part(theta: Tensor, space: ParameterSpace, base: Tensor, n: int)
     return full.index_copy(1, block, Lz)
 
 
-def jacobian_factors(theta: Tensor, space: ParameterSpace, base: Tensor, random: Tensor) -> Tensor:
-    """Per-draw derivatives :math:`F_{p} = \\partial \\beta_{k(p)} / \\partial \\theta_p`, ``[n, P, R]``.
-
-    Each parameter moves exactly one coefficient :math:`k(p)` (``space.parameter_coefficient``), so the
-    Jacobian of the coefficients with respect to :math:`\\theta` is this one factor per parameter.
+def chain_rule(gradient: Tensor, theta: Tensor, space: ParameterSpace, base: Tensor, random: Tensor) -> Tensor:
+    """Per-individual scores ``[n, P]`` from gradients with respect to the coefficients.
 
     Parameters
     ----------
+    gradient : Tensor
+        ``[n, K, R]``, :math:`\\partial \\ell_i / \\partial \\beta_{irk}` (posterior weights included), internal
+        coefficient order.
     theta : Tensor
         ``[P]`` parameters.
     space : ParameterSpace
@@ -137,30 +138,54 @@ def jacobian_factors(theta: Tensor, space: ParameterSpace, base: Tensor, random:
     base : Tensor
         ``[n, Kr, R]`` base draws.
     random : Tensor
-        ``[n, Kr, R]`` current random coefficients (the first ``Kr`` rows of :func:`coefficients`).
+        ``[n, Kr, R]`` current random coefficients.
+
+    Returns
+    -------
+    Tensor
+        :math:`s_{ip} = \\sum_r \\partial \\ell_i / \\partial \\beta_{i r k(p)} \\; \\partial \\beta_{i r k(p)} /
+        \\partial \\theta_p`.
     """
-    n, Kr, R = base.shape
-    ones = base.new_ones((n, R))
-    factors = [ones] * len(space.coefficients)  # locations, user order
-    spreads: dict[int, Tensor] = {}
-    for r, distribution in enumerate(space.random_distributions):
-        k = int(space.order[r])
-        e = base[:, r]
-        if space.sd_index[r] < 0:
-            continue  # correlated normal: location factor 1, Cholesky factors below
-        s = theta[space.sd_index[r]]
-        if distribution == "lognormal":
-            factors[k] = random[:, r]
-            spreads[r] = random[:, r] * e
-        elif distribution == "truncated_normal":
-            mu = theta[k]
-            _, w, b = _truncated(mu, s, e)
-            rho = torch.exp((w * w - b * b) / 2) * (1 - e)
-            factors[k] = 1 - rho
-            spreads[r] = torch.sign(s) * (w + rho * b)
-        else:
-            spreads[r] = e
-    factors = factors + [spreads[r] for r in range(Kr) if space.sd_index[r] >= 0]
-    block = space.normal_block
-    factors += [base[:, block[b]] for b in space.cholesky_columns]
-    return torch.stack(factors, dim=1)
+    n = gradient.shape[0]
+    device = gradient.device
+    out = gradient.new_empty((n, space.size))
+    out[:, torch.as_tensor(space.order, device=device)] = gradient.sum(-1)
+    groups = _groups(space)
+    if groups["linear"].size:
+        r = torch.as_tensor(groups["linear"], device=device)
+        sd = torch.as_tensor(space.sd_index[groups["linear"]], device=device)
+        out[:, sd] = (gradient[:, r] * base[:, r]).sum(-1)
+    if groups["lognormal"].size:
+        r = torch.as_tensor(groups["lognormal"], device=device)
+        weighted = gradient[:, r] * random[:, r]
+        out[:, torch.as_tensor(space.order[groups["lognormal"]], device=device)] = weighted.sum(-1)
+        out[:, torch.as_tensor(space.sd_index[groups["lognormal"]], device=device)] = (weighted * base[:, r]).sum(-1)
+    if groups["truncated_normal"].size:
+        r = torch.as_tensor(groups["truncated_normal"], device=device)
+        location = torch.as_tensor(space.order[groups["truncated_normal"]], device=device)
+        sd = torch.as_tensor(space.sd_index[groups["truncated_normal"]], device=device)
+        mu, s, u = theta[location][:, None], theta[sd][:, None], base[:, r]
+        _, w, b = _truncated(mu, s, u)
+        rho = torch.exp((w * w - b * b) / 2) * (1 - u)
+        g = gradient[:, r]
+        out[:, location] = (g * (1 - rho)).sum(-1)
+        out[:, sd] = (g * (torch.sign(s) * (w + rho * b))).sum(-1)
+    if len(space.normal_block):
+        block = torch.as_tensor(space.normal_block, device=device)
+        products = torch.bmm(gradient[:, block], base[:, block].transpose(1, 2))  # [n, m, m]
+        rows = torch.as_tensor(space.cholesky_rows, device=device)
+        columns = torch.as_tensor(space.cholesky_columns, device=device)
+        out[:, torch.as_tensor(space.cholesky_index, device=device)] = products[:, rows, columns]
+    return out
+
+
+def _groups(space: ParameterSpace) -> dict[str, np.ndarray]:
+    """Independent random coefficients (internal indices) by how their spread enters."""
+    independent = space.sd_index >= 0
+    distributions = np.array(space.random_distributions, dtype=object)
+    linear = independent & np.isin(distributions, ("normal", "triangular", "uniform"))
+    return {
+        "linear": np.flatnonzero(linear),
+        "lognormal": np.flatnonzero(independent & (distributions == "lognormal")),
+        "truncated_normal": np.flatnonzero(independent & (distributions == "truncated_normal")),
+    }
