@@ -9,7 +9,9 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -54,7 +56,7 @@ def run_worker(args: list[str], threads: int | None) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
         raise RuntimeError(f"worker {args} emitted no result:\n{proc.stdout}\n{proc.stderr}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def header() -> str:
@@ -82,3 +84,149 @@ def update_section(name: str, body: str) -> Path:
         text = text.rstrip("\n") + "\n\n" + block
     RESULTS.write_text(text.rstrip("\n") + "\n")
     return RESULTS
+
+
+def max_rel_diff(reference: dict, other: dict, names: tuple[str, ...] = ("beta", "sigma", "pi")) -> tuple[float, str]:
+    """Largest |other - reference| / |reference| over the nonzero elements of the named estimates."""
+    import numpy as np
+
+    worst, where = 0.0, ""
+    for name in names:
+        ref, oth = np.asarray(reference.get(name, [])), np.asarray(other.get(name, []))
+        for index in zip(*np.nonzero((ref != 0) | (oth != 0)), strict=True):
+            rel = abs(oth[index] - ref[index]) / max(abs(ref[index]), 1e-300)
+            if rel > worst:
+                worst, where = rel, f"{name}{list(map(int, index))}"
+    return worst, where
+
+
+def report(
+    name: str,
+    title: str,
+    runs: dict[str, list[dict]],
+    args: Any,
+    load: tuple[float, float],
+    key_columns: list[str],
+    key_estimates: Callable[[dict], tuple[float, ...]],
+    compared: tuple[str, ...],
+) -> str:
+    """Markdown section: one row per library, the speed-up ratio and the agreement of the estimates."""
+    import statistics
+
+    lines = [
+        f"## {title}",
+        "",
+        f"`python benchmarks/{name}.py --repeats {args.repeats} --device {args.device}"
+        + (f" --threads {args.threads}" if args.threads else "")
+        + f"` — run {datetime.datetime.now().isoformat(timespec='seconds')}; each repetition in a fresh process; "
+        "times in seconds; only `problem.solve` is in the solve columns. "
+        f"1-min load average {load[0]:.2f} before / {load[1]:.2f} after (a load above the core count means "
+        "other processes competed for the CPU).",
+        "",
+        "| library | device | threads | solve median s | solve min s | build median s | objective | "
+        + " | ".join(key_columns)
+        + " | evaluations | converged |",
+        "|---" * (9 + len(key_columns)) + "|",
+    ]
+    medians = {}
+    for library, reps in runs.items():
+        solves = [r["solve_s"] for r in reps]
+        medians[library] = statistics.median(solves)
+        last = reps[-1]
+        keys = " | ".join(f"{v:.6g}" for v in key_estimates(last))
+        lines.append(
+            f"| {library} | {last['device']} | {last['threads']} | {medians[library]:.3f} | {min(solves):.3f} "
+            f"| {statistics.median(r['build_s'] for r in reps):.3f} | {last['objective']:.6g} | {keys} "
+            f"| {last['evaluations']} | {last['converged']} |"
+        )
+    pyblp, dk = runs["pyblp"][-1], runs["demandkit"][-1]
+    rel, where = max_rel_diff(pyblp, dk, compared)
+    objective_rel = abs(dk["objective"] - pyblp["objective"]) / abs(pyblp["objective"])
+    lines += [
+        "",
+        f"**Speed-up (PyBLP median / demandkit median, solve only): {medians['pyblp'] / medians['demandkit']:.2f}x** "
+        f"over R={args.repeats}.",
+        "",
+        f"Max relative difference of estimates ({', '.join(compared)}, nonzero elements): {rel:.2e} (at {where}); "
+        f"objective relative difference: {objective_rel:.2e}.",
+    ]
+    return "\n".join(lines)
+
+
+def main(
+    name: str,
+    title: str,
+    script: str,
+    worker: Callable[[str, str, int | None], dict],
+    doc: str,
+    key_columns: list[str],
+    key_estimates: Callable[[dict], tuple[float, ...]],
+    compared: tuple[str, ...],
+) -> None:
+    """Command line shared by the benchmark scripts: a driver that alternates fresh worker processes."""
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process repetitions per library (default 3)")
+    parser.add_argument("--device", default="cpu", help="demandkit device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, help="pin OMP/MKL/OpenBLAS/torch threads in both workers")
+    parser.add_argument("--worker", choices=["pyblp", "demandkit"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        emit(worker(args.worker, args.device, args.threads))
+        return
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[dict]] = {"pyblp": [], "demandkit": []}
+    for rep in range(args.repeats):
+        for library in runs:
+            cmd = [os.path.abspath(script), "--worker", library, "--device", args.device]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            run = run_worker(cmd, args.threads)
+            runs[library].append(run)
+            print(
+                f"[{rep + 1}/{args.repeats}] {library:9s} solve {run['solve_s']:8.3f}s  build {run['build_s']:.3f}s  "
+                f"objective {run['objective']:.6g}",
+                file=sys.stderr,
+            )
+    section = report(name, title, runs, args, (load_before, os.getloadavg()[0]), key_columns, key_estimates, compared)
+    print(section)
+    print(f"\nwrote {update_section(name, section)}", file=sys.stderr)
+
+
+def load_library(library: str, device: str, threads: int | None) -> tuple[Any, dict, str]:
+    """Import PyBLP or demandkit in a worker: the module, extra Problem kwargs and a thread description."""
+    import os
+
+    if library == "pyblp":
+        import pyblp
+
+        pyblp.options.verbose = False
+        return pyblp, {}, os.environ.get("OMP_NUM_THREADS", f"BLAS default ({len(os.sched_getaffinity(0))} cores)")
+    import torch
+
+    import demandkit
+
+    if threads:
+        torch.set_num_threads(threads)
+    return demandkit, {"device": device}, f"torch {torch.get_num_threads()}"
+
+
+def describe(library: str, device: str, threads: str, build: float, solve: float, results: Any) -> dict:
+    """Worker output: timings and the estimates with their labels."""
+    import numpy as np
+
+    return {
+        "library": library,
+        "device": device if library == "demandkit" else "cpu",
+        "threads": threads,
+        "build_s": build,
+        "solve_s": solve,
+        "objective": float(np.asarray(results.objective).squeeze()),
+        "evaluations": int(results.objective_evaluations),
+        "converged": bool(results.converged),
+        **{name: np.asarray(getattr(results, name), dtype=float).tolist() for name in ("beta", "sigma", "pi", "gamma")},
+        **{f"{name}_labels": [str(x) for x in getattr(results, f"{name}_labels")] for name in ("beta", "sigma", "pi")},
+    }
