@@ -194,6 +194,7 @@ class ExpUtilities:
     """
 
     E: Tensor  # [T, J, I]
+    E_transposed: Tensor  # [T, I, J], contiguous: both products below take the fast vector-matrix form
     outside: Tensor  # [T, I]
     weights: Tensor  # [T, I]
 
@@ -203,10 +204,10 @@ class ExpUtilities:
         masked = torch.where(mask, mu, torch.zeros_like(mu))
         peak = masked.amax(dim=1).clamp_min(0)  # [T, I]
         E = torch.where(mask, torch.exp(masked - peak.unsqueeze(1)), torch.zeros_like(mu))
-        return cls(E, torch.exp(-peak), weights)
+        return cls(E, E.transpose(1, 2).contiguous(), torch.exp(-peak), weights)
 
     def log_share_kernel(self, delta: Tensor) -> Tensor:
         """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
         :math:`\\log s_{jt} = \\delta_{jt} + ` this (``-inf`` in padded slots)."""
-        denominator = self.outside + torch.bmm(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)  # [T, I]
-        return torch.log(torch.bmm(self.E, (self.weights / denominator).unsqueeze(-1)).squeeze(-1))
+        denominator = self.outside + torch.matmul(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)  # [T, I]
+        return torch.log(torch.matmul((self.weights / denominator).unsqueeze(1), self.E_transposed).squeeze(1))

@@ -121,7 +121,7 @@ def _covariates(data: pd.DataFrame, formulation: Formulation, situations: np.nda
         values = data[name]
         bad = values.isna().to_numpy()
         if values.dtype.kind in "fc":
-            bad |= ~np.isfinite(values.to_numpy(dtype=np.complex128 if values.dtype.kind == "c" else np.float64))
+            bad = bad | ~np.isfinite(values.to_numpy(dtype=np.complex128 if values.dtype.kind == "c" else np.float64))
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             raise InvalidDataError(

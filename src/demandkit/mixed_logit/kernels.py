@@ -1,0 +1,204 @@
+"""Mixed logit kernels: pure tensor functions for one chunk of individuals.
+
+Notation: individual :math:`i`, draw :math:`r` with weight :math:`w_r` (:math:`1/R` for simulation), situation
+:math:`t`, alternative :math:`j`, chosen alternative :math:`y_{it}`. With coefficients :math:`\\beta_{ir}`,
+
+.. math::
+
+    \\ell_{ir} = \\sum_t \\log P_{i y_{it} t}(\\beta_{ir}), \\qquad
+    \\ell_i = \\log \\sum_r w_r e^{\\ell_{ir}}, \\qquad
+    \\omega_{ir} = \\frac{w_r e^{\\ell_{ir}}}{\\sum_s w_s e^{\\ell_{is}}},
+
+the simulated log-likelihood of the panel of individual :math:`i` and the posterior weights of its draws.
+Everything is accumulated in logs, so long panels never underflow.
+
+The analytic gradient is the posterior-weighted average of the per-draw gradients,
+
+.. math::
+
+    \\frac{\\partial \\ell_i}{\\partial \\beta_{ir}} = \\omega_{ir} \\sum_t \\Big( x_{i y_{it} t} -
+    \\sum_j P_{ijt}(\\beta_{ir}) x_{ijt} \\Big) = -\\omega_{ir} \\sum_{t, j \\ne y_{it}} P_{ijt}(\\beta_{ir})
+    \\tilde x_{ijt},
+
+with :math:`\\tilde x` the covariates minus those of the chosen alternative; the chain rule to :math:`\\theta`
+is :func:`~demandkit.mixed_logit.distributions.chain_rule`. In differences,
+:math:`\\log P_{i y t} = -\\log(1 + \\sum_{j \\ne y} e^{\\tilde v_{ijt}})`, which the fast path evaluates
+without shifting; a chunk whose result is not finite is recomputed by the shifted (overflow-proof) path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .chunks import DifferenceChunk, FullChunk
+from .distributions import chain_rule, coefficients
+from .specification import ParameterSpace
+
+Utility = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
+
+#: panels longer than this sum logs of per-situation denominators instead of taking the log of their product
+_PRODUCT_PERIODS = 32
+
+
+def analytic_loglikelihood(
+    theta: Tensor, space: ParameterSpace, chunk: DifferenceChunk, base: Tensor, log_weights: Tensor, stable: bool
+) -> tuple[Tensor, Tensor]:
+    """Simulated log-likelihood ``[n]`` and per-individual scores ``[n, P]`` of one chunk, without autograd.
+
+    Parameters
+    ----------
+    theta : Tensor
+        ``[P]`` parameters.
+    space : ParameterSpace
+        The parameter layout.
+    chunk : DifferenceChunk
+        Differenced covariates in the internal coefficient order.
+    base : Tensor
+        ``[n, Kr, R]`` base draws.
+    log_weights : Tensor
+        ``[R]`` log draw weights.
+    stable : bool
+        Shift utilities by :math:`\\max(0, \\max_j \\tilde v_{ijt})` before exponentiating.
+    """
+    n = chunk.X.shape[0]
+    Jp, T = chunk.alternatives, chunk.periods
+    B = coefficients(theta, space, base)  # [n, K, R]
+    R = B.shape[-1]
+    V = torch.bmm(chunk.X, torch.cat([B, B.new_ones((n, 1, R))], dim=1))  # [n, J'T, R]; padding -inf
+    E = V.view(n, Jp, T, R)
+    if stable:
+        shift = E.amax(dim=1).clamp_(min=0)  # [n, T, R]
+        E.sub_(shift.unsqueeze(1)).exp_()
+        denominator = E.sum(dim=1).add_(torch.exp(-shift))
+        negative = (shift + denominator.log()).sum(dim=1)
+    else:
+        E.exp_()
+        denominator = E.sum(dim=1).add_(1.0)  # [n, T, R]
+        if T <= _PRODUCT_PERIODS:
+            negative = denominator.prod(dim=1).log_()
+        else:
+            negative = denominator.log().sum(dim=1)
+    joint = log_weights - negative  # [n, R]: log w_r + l_ir
+    loglikelihood = torch.logsumexp(joint, dim=1)
+    posterior = torch.softmax(joint, dim=1)
+    E.mul_((posterior.unsqueeze(1) / denominator).unsqueeze(1))  # omega_ir P_ijt (non-chosen)
+    gradient = torch.bmm(chunk.XT, V).neg_()  # [n, K, R]
+    return loglikelihood, chain_rule(gradient, theta, space, base, B[:, : space.n_random])
+
+
+def _utilities(
+    theta: Tensor, space: ParameterSpace, chunk: FullChunk, base: Tensor, utility: Utility | None, names: dict
+) -> tuple[Tensor, Tensor]:
+    """Utilities ``[n, T, J, R]`` (outside alternative 0, unavailable -inf) and coefficients ``[n, K, R]``."""
+    n, T, J, K = chunk.X.shape
+    B = coefficients(theta, space, base)
+    R = B.shape[-1]
+    if utility is None:
+        V = torch.bmm(chunk.X.reshape(n, T * J, K), B).view(n, T, J, R)
+    else:
+        beta = {name: B[:, k].view(n, 1, 1, R) for k, name in enumerate(names["coefficients"])}
+        x = {name: chunk.X[..., k, None] for k, name in enumerate(names["covariates"])}
+        V = torch.broadcast_to(utility(beta, x), (n, T, J, R))
+    V = torch.where(chunk.outside.unsqueeze(-1), V.new_zeros(()), V)
+    return V.masked_fill(~chunk.available.unsqueeze(-1), float("-inf")), B
+
+
+def draw_loglikelihoods(
+    theta: Tensor,
+    space: ParameterSpace,
+    chunk: FullChunk,
+    base: Tensor,
+    utility: Utility | None = None,
+    names: dict | None = None,
+) -> Tensor:
+    """Differentiable :math:`\\ell_{ir}`, ``[n, R]``, for the linear or a user-defined utility.
+
+    ``theta`` may be ``[P]`` or ``[n, P]``; with one row per individual, one backward pass of the summed
+    log-likelihood gives every individual's score.
+    """
+    V, _ = _utilities(theta, space, chunk, base, utility, names or {})
+    n, T, J, R = V.shape
+    chosen = V.gather(2, chunk.chosen.view(n, T, 1, 1).expand(n, T, 1, R)).squeeze(2)
+    log_p = chosen - torch.logsumexp(V, dim=2)  # [n, T, R]; padded situations give exactly 0
+    return log_p.sum(dim=1)
+
+
+def simulated_loglikelihood(draws: Tensor, log_weights: Tensor) -> Tensor:
+    """:math:`\\ell_i = \\log \\sum_r w_r e^{\\ell_{ir}}` from ``[n, R]`` per-draw log-likelihoods."""
+    return torch.logsumexp(draws + log_weights, dim=1)
+
+
+def posterior_weights(draws: Tensor, log_weights: Tensor) -> Tensor:
+    """:math:`\\omega_{ir}`, ``[n, R]``."""
+    return torch.softmax(draws + log_weights, dim=1)
+
+
+def probabilities(
+    theta: Tensor,
+    space: ParameterSpace,
+    chunk: FullChunk,
+    base: Tensor,
+    weights: Tensor,
+    utility: Utility | None = None,
+    names: dict | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Simulated choice probabilities ``[n, T, J]`` and the per-draw ones ``[n, T, J, R]``."""
+    V, _ = _utilities(theta, space, chunk, base, utility, names or {})
+    per_draw = torch.softmax(V, dim=2)
+    return per_draw @ weights, per_draw
+
+
+def utility_derivatives(
+    theta: Tensor,
+    space: ParameterSpace,
+    chunk: FullChunk,
+    base: Tensor,
+    column: int,
+    utility: Utility | None = None,
+    names: dict | None = None,
+) -> Tensor:
+    """:math:`\\partial v_{ijtr} / \\partial x_{ijt}` for covariate ``column``, ``[n, T, J, R]``.
+
+    For the linear utility this is the coefficient; for a user-defined one it comes from one backward pass,
+    assuming (as random utility models do) that an alternative's utility depends on its own covariates only.
+    """
+    n, T, J, K = chunk.X.shape
+    if utility is None:
+        B = coefficients(theta, space, base)
+        return B[:, column].view(n, 1, 1, -1).expand(n, T, J, B.shape[-1])
+    R = base.shape[-1]
+    with torch.enable_grad():
+        x = chunk.X[..., column, None].expand(n, T, J, R).clone().requires_grad_(True)
+        columns = [x if k == column else chunk.X[..., k, None] for k in range(K)]
+        B = coefficients(theta.detach(), space, base)
+        beta = {name: B[:, k].view(n, 1, 1, R) for k, name in enumerate(names["coefficients"])}
+        data = {name: columns[k] for k, name in enumerate(names["covariates"])}
+        V = torch.broadcast_to(utility(beta, data), (n, T, J, R))
+        (derivative,) = torch.autograd.grad(V.sum(), x, allow_unused=True)
+    return torch.zeros_like(x) if derivative is None else derivative
+
+
+def elasticity_matrices(per_draw: Tensor, derivatives: Tensor, weights: Tensor, x: Tensor) -> Tensor:
+    """Elasticities :math:`\\varepsilon_{jl} = \\frac{x_l}{P_j} \\sum_r w_r P_{jr}(1\\{j = l\\} - P_{lr})
+    \\partial v_{lr} / \\partial x_l`, ``[n, T, J, J]``.
+
+    Parameters
+    ----------
+    per_draw : Tensor
+        ``[n, T, J, R]`` per-draw probabilities.
+    derivatives : Tensor
+        ``[n, T, J, R]`` derivatives of utilities with respect to the covariate.
+    weights : Tensor
+        ``[R]`` draw weights.
+    x : Tensor
+        ``[n, T, J]`` the covariate.
+    """
+    weighted = per_draw * weights
+    own = (weighted * derivatives).sum(-1)  # [n, T, J]
+    cross = torch.matmul(weighted, (per_draw * derivatives).transpose(-1, -2))  # [n, T, J, J]
+    derivative = torch.diag_embed(own) - cross
+    probability = weighted.sum(-1)
+    return derivative * x.unsqueeze(-2) / probability.unsqueeze(-1)
