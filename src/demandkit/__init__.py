@@ -1,6 +1,6 @@
 """demandkit: structural demand estimation on a batched PyTorch engine, with PyBLP's interface."""
 
-from . import data, exceptions
+from . import data, exceptions, replications
 from .construction import build_ownership
 from .formulation import Formulation
 from .integration import Integration
@@ -20,6 +20,7 @@ __all__ = [
     "ProblemResults",
     "data",
     "exceptions",
+    "replications",
     "__version__",
     "build_ownership",
 ]
