@@ -93,3 +93,73 @@ def test_failed_inversion_is_reported_not_hidden():
     assert not results.fp_converged.all()
     assert "did not converge" in str(results)
     assert results.to_dict()["fp_converged"] is False
+
+
+@pytest.mark.parametrize("costs_type", ["linear", "log"])
+def test_supply_gradient_matches_finite_differences(costs_type):
+    """Demand and supply moments together: markups through the share Jacobian, alpha as a nonlinear parameter."""
+    products, agents = simulate(T=10, J=6, I=40, seed=9)
+    products = products.drop(columns="nesting_ids").assign(
+        w=lambda d: np.random.default_rng(1).uniform(1, 2, len(d)),
+        supply_instruments0=lambda d: d.demand_instruments0,
+        supply_instruments1=lambda d: d.demand_instruments3,
+        prices=lambda d: d.prices + 3.0,  # keep marginal costs positive for log costs
+    )
+    problem = dk.Problem(
+        (dk.Formulation("1 + prices + x"), dk.Formulation("0 + x"), dk.Formulation("1 + w")),
+        products,
+        None,
+        agents,
+        costs_type=costs_type,
+    )
+    space = ParameterSpace.build(
+        [[0.6]],
+        None,
+        None,
+        problem.K2,
+        problem.D,
+        problem.H,
+        problem.design.X2_labels,
+        problem.design.demographics_labels,
+        bounded=False,
+        beta=[np.nan, -1.5, np.nan],
+        X1_labels=problem.design.X1_labels,
+        X3_labels=problem.X3_labels,
+    )
+    from demandkit.estimation import StackedSystem, _initial_W
+
+    W = _initial_W(problem, StackedSystem.build(problem, space), None)
+    objective = GMMObjective(
+        problem,
+        DemandModel(problem),
+        space,
+        dk.Iteration("squarem"),
+        W,
+        problem.logit_delta.clone(),
+        "first",
+        EvaluationStats(),
+        (1e-3, np.inf),
+    )
+    theta = space.theta0
+    value, gradient = objective(theta)
+    assert np.isfinite(value) and space.labels == ["sigma[x, x]", "beta[prices]"]
+    for p in range(theta.size):
+        h = 1e-5 * max(1.0, abs(theta[p]))
+        up, down = theta.copy(), theta.copy()
+        up[p] += h
+        down[p] -= h
+        numeric = (objective(up)[0] - objective(down)[0]) / (2 * h)
+        assert abs(gradient[p] - numeric) <= 1e-6 * max(1.0, abs(numeric)), (space.labels[p], gradient[p], numeric)
+
+
+def test_supply_needs_price_coefficient_and_firms():
+    products, agents = simulate(T=4, J=4, I=10, seed=10)
+    products = products.drop(columns="nesting_ids").assign(supply_instruments0=lambda d: d.demand_instruments0)
+    formulations = (dk.Formulation("1 + prices + x"), dk.Formulation("0 + x"), dk.Formulation("1 + x"))
+    problem = dk.Problem(formulations, products, None, agents)
+    with pytest.raises(ValueError, match="prices"):
+        problem.solve(sigma=[[0.5]])
+    with pytest.raises(ValueError, match="firm_ids"):
+        dk.Problem(formulations, products.drop(columns="firm_ids"), None, agents)
+    with pytest.raises(ValueError, match="costs_type"):
+        dk.Problem(formulations, products, None, agents, costs_type="quadratic")
