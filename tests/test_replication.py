@@ -82,3 +82,30 @@ def test_cli_writes_json(tmp_path, capsys):
     assert payload["objective"] == pytest.approx(4.5615, abs=5e-5)
     names = {row["name"] for row in payload["estimates"]}
     assert "prices" in names and "prices x income" in names
+
+
+def test_cli_merger(results, tmp_path, capsys):
+    saved = tmp_path / "nevo.pkl"
+    results.to_pickle(saved)
+    table, chart = tmp_path / "merger.csv", tmp_path / "merger.png"
+    assert main(["merger", str(saved), "--merge", "2=1", "--output", str(table), "--chart", str(chart)]) == 0
+    assert "Merger Simulation" in capsys.readouterr().out
+    outcomes = __import__("pandas").read_csv(table)
+    merged = outcomes.firm_ids.isin([1, 2])
+    assert (outcomes.merged_firm_ids[merged] == 1).all()
+    assert (outcomes.price_change_percent[merged] > 0).all()
+    assert chart.stat().st_size > 0
+    with pytest.raises(SystemExit, match="firm ids must be among"):
+        main(["merger", str(saved), "--merge", "99=1"])
+
+
+@pytest.mark.slow
+def test_blp_replication():
+    """BLP (1995) with supply reproduces the published estimates (shared/data/README.md)."""
+    results = dk.replications.blp()
+    assert results.converged and results.fp_converged.all()
+    assert results.objective == pytest.approx(497.3, abs=0.05)
+    assert results.pi[1, 0] == pytest.approx(-44.84, abs=5e-3)
+    assert results.sigma[2, 2] == pytest.approx(6.10, abs=5e-3)
+    assert results.clipped_costs >= 0 and results.gamma.shape == (6, 1)
+    assert (results.compute_costs() > 0).mean() > 0.99

@@ -160,7 +160,7 @@ class GMMObjective:
         theta.requires_grad_(gradient and theta.numel() > 0)
         y, inversion, delta_rows, costs, clipped = self.structural(theta)
         eliminated, residuals = self.iv.residuals(y)
-        objective = self.iv.objective(residuals)
+        objective = self.iv.objective(residuals, p.N)
         if theta.requires_grad:
             (grad,) = torch.autograd.grad(objective, theta)
         else:

@@ -48,10 +48,13 @@ class LinearIV:
         beta = self.beta(delta)
         return beta, delta - self.X @ beta
 
-    def objective(self, xi: Tensor) -> Tensor:
-        """:math:`N \\bar g' W \\bar g` with :math:`\\bar g = Z'\\xi/N`."""
-        N = xi.shape[0]
-        g = self.Z.T @ xi / N
+    def objective(self, residuals: Tensor, N: int) -> Tensor:
+        """:math:`N \\bar g' W \\bar g` with :math:`\\bar g = Z'u/N`.
+
+        ``residuals`` stack the equations (:math:`\\xi`, then :math:`\\omega` if any); ``N`` is the number of
+        products, not the stacked length.
+        """
+        g = self.Z.T @ residuals / N
         return N * g @ self.W @ g
 
 

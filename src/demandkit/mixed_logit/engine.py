@@ -94,6 +94,15 @@ class Engine:
         total = panel.n_individuals * max(space.n_random, 1) * draws.size * itemsize
         self._cache_draws = total <= available_memory(device) // 4
         self._base: dict[tuple[str, int], Tensor] = {}
+        self._workspace: Tensor | None = None
+
+    def workspace(self) -> Tensor:
+        """A flat buffer as large as the largest analytic chunk's utilities, reused by every evaluation."""
+        if self._workspace is None:
+            sizes = [len(m) * int(self.panel.n_situations[m].max()) * max(int(self.panel.n_alternatives[m].max()) - 1, 1)
+                     for m in self.plan("analytic").members]
+            self._workspace = torch.empty(max(sizes) * self.draws.size, dtype=self.dtype, device=self.device)
+        return self._workspace
 
     # ------------------------------------------------------------------ chunks
     def plan(self, kind: str) -> ChunkPlan:
@@ -151,13 +160,14 @@ class Engine:
         t = self._theta(theta)
         lls, per_individual = [], []
         with torch.no_grad():
-            results = [kernels.analytic_loglikelihood(t, self.space, c, b, self.log_weights, False)
+            work = self.workspace()
+            results = [kernels.analytic_loglikelihood(t, self.space, c, b, self.log_weights, False, work)
                        for c, b in self.chunks("analytic")]
             finite = torch.stack([torch.isfinite(ll).all() & torch.isfinite(s).all() for ll, s in results])
             redo = np.flatnonzero(~finite.cpu().numpy())
             for index in redo:
                 chunk, base = self._chunk("analytic", int(index)), self._base_draws("analytic", int(index))
-                results[index] = kernels.analytic_loglikelihood(t, self.space, chunk, base, self.log_weights, True)
+                results[index] = kernels.analytic_loglikelihood(t, self.space, chunk, base, self.log_weights, True, work)
             lls = [ll for ll, _ in results]
             per_individual = [s for _, s in results]
             total = torch.stack([ll.sum() for ll in lls]).sum()

@@ -44,7 +44,13 @@ _PRODUCT_PERIODS = 32
 
 
 def analytic_loglikelihood(
-    theta: Tensor, space: ParameterSpace, chunk: DifferenceChunk, base: Tensor, log_weights: Tensor, stable: bool
+    theta: Tensor,
+    space: ParameterSpace,
+    chunk: DifferenceChunk,
+    base: Tensor,
+    log_weights: Tensor,
+    stable: bool,
+    workspace: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Simulated log-likelihood ``[n]`` and per-individual scores ``[n, P]`` of one chunk, without autograd.
 
@@ -62,12 +68,19 @@ def analytic_loglikelihood(
         ``[R]`` log draw weights.
     stable : bool
         Shift utilities by :math:`\\max(0, \\max_j \\tilde v_{ijt})` before exponentiating.
+    workspace : Tensor, optional
+        A flat buffer of at least :math:`n J' T R` elements to hold the utilities (reused across chunks and
+        evaluations, which spares the allocator); its contents are overwritten.
     """
     n = chunk.X.shape[0]
     Jp, T = chunk.alternatives, chunk.periods
     B = coefficients(theta, space, base)  # [n, K, R]
     R = B.shape[-1]
-    V = torch.bmm(chunk.X, torch.cat([B, B.new_ones((n, 1, R))], dim=1))  # [n, J'T, R]; padding -inf
+    coefficients_and_one = torch.cat([B, B.new_ones((n, 1, R))], dim=1)
+    if workspace is None:
+        V = torch.bmm(chunk.X, coefficients_and_one)  # [n, J'T, R]; padding -inf
+    else:
+        V = torch.bmm(chunk.X, coefficients_and_one, out=workspace[: n * Jp * T * R].view(n, Jp * T, R))
     E = V.view(n, Jp, T, R)
     if stable:
         shift = E.amax(dim=1).clamp_(min=0)  # [n, T, R]
