@@ -100,3 +100,27 @@ def test_row_order_is_irrelevant():
     ea, eb = a.compute_elasticities(), b.compute_elasticities()
     np.testing.assert_allclose(a.extract_diagonals(ea)[order], b.extract_diagonals(eb), rtol=1e-10)
     np.testing.assert_allclose(np.nansum(ea, axis=1)[order], np.nansum(eb, axis=1), rtol=1e-10)
+
+
+def test_invert_is_a_pseudo_inverse_for_singular_matrices():
+    from demandkit.kernels.gmm import invert
+
+    rng = np.random.default_rng(0)
+    A = torch.as_tensor(rng.normal(size=(6, 3)))
+    singular = A @ A.T  # rank 3
+    inverse, flagged = invert(singular)
+    assert flagged
+    torch.testing.assert_close(inverse, torch.linalg.pinv(singular, hermitian=True), rtol=1e-8, atol=1e-10)
+    regular = singular + torch.eye(6)
+    inverse, flagged = invert(regular)
+    assert not flagged
+    torch.testing.assert_close(inverse @ regular, torch.eye(6, dtype=regular.dtype), rtol=1e-10, atol=1e-10)
+
+
+def test_singular_weighting_matrix_warns_when_used():
+    """Clustered S with fewer clusters than moments is singular: a 2-step estimate must say so."""
+    products, agents = simulate(T=6, J=5, I=20, seed=14)
+    products = products.drop(columns="nesting_ids").assign(clustering_ids=lambda d: d.market_ids // 3)
+    problem = dk.Problem(dk.Formulation("1 + prices + x"), products)
+    with pytest.warns(dk.exceptions.ConvergenceWarning, match="singular"):
+        problem.solve(method="2s", W_type="clustered")

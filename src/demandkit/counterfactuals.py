@@ -147,10 +147,14 @@ class SupplyPostEstimation:
         return (prices_array - costs_array) / prices_array
 
     def compute_profits(self, prices: Any = None, shares: Any = None, costs: Any = None) -> np.ndarray:
-        """Profits per unit of market size :math:`(p - c)s`, ``N x 1``."""
+        """Profits per unit of market size :math:`(p - c)s`, ``N x 1``.
+
+        As in PyBLP, ``shares`` default to the observed shares even when ``prices`` are given; pass
+        ``shares=results.compute_shares(prices)`` for profits at a new equilibrium (``compute_merger`` does).
+        """
         prices_array = self.problem.products["prices"].to_numpy() if prices is None else np.asarray(prices)
         if shares is None:
-            shares = self.compute_shares(prices=prices)
+            shares = self.problem.shares  # PyBLP's default: the observed shares, even at new prices
         costs_array = self.compute_costs() if costs is None else np.asarray(costs)
         return (prices_array.reshape(-1, 1) - costs_array.reshape(-1, 1)) * np.asarray(shares).reshape(-1, 1)
 

@@ -372,7 +372,8 @@ def solve(
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
-        W_current = _updated_W(problem, system, evaluation, W_type, center_moments)
+        last_step = step == (2 if method == "2s" else 1)
+        W_current = _updated_W(problem, system, evaluation, W_type, center_moments, used=not last_step)
     covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
     return ProblemResults(
         problem=problem,
@@ -441,12 +442,15 @@ def _residuals(evaluation: Evaluation) -> list[Tensor]:
     return [evaluation.xi] + ([evaluation.omega] if evaluation.omega is not None else [])
 
 
-def _updated_W(problem: Any, system: StackedSystem, evaluation: Evaluation, W_type: str, center: bool) -> Tensor:
+def _updated_W(
+    problem: Any, system: StackedSystem, evaluation: Evaluation, W_type: str, center: bool, used: bool = True
+) -> Tensor:
+    """:math:`W = S^{-1}` (pseudo-inverse if singular; a warning if it will weight a further step)."""
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes, center
     )
     W, singular = invert(S)
-    if singular:
+    if singular and used:
         warnings.warn(
             "The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
             ConvergenceWarning,

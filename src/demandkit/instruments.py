@@ -90,7 +90,7 @@ def _group_sums(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def build_blp_instruments(formulation: Formulation, product_data: Any) -> np.ndarray:
-    """"Sums of characteristics" instruments of Berry, Levinsohn and Pakes (1995).
+    """The "sums of characteristics" instruments of Berry, Levinsohn and Pakes (1995).
 
     For product :math:`j` of firm :math:`f` in market :math:`t` and the characteristics :math:`x` designed by
     ``formulation``,
@@ -184,7 +184,8 @@ def build_differentiation_instruments(
     With :math:`d_{jkt\\ell} = x_{jt\\ell} - x_{kt\\ell}` the difference between products :math:`j` and :math:`k` of
     market :math:`t` in characteristic :math:`\\ell`, and :math:`J_{ft}` the products of :math:`j`'s firm,
 
-    - ``'local'``: :math:`Z_{jt\\ell}^{\\text{Other}} = \\sum_{k \\in J_{ft}\\setminus\\{j\\}} 1(|d_{jkt\\ell}| < SD_\\ell)`
+    - ``'local'``: :math:`Z_{jt\\ell}^{\\text{Other}} =
+      \\sum_{k \\in J_{ft}\\setminus\\{j\\}} 1(|d_{jkt\\ell}| < SD_\\ell)`
       and :math:`Z_{jt\\ell}^{\\text{Rival}} = \\sum_{k \\notin J_{ft}} 1(|d_{jkt\\ell}| < SD_\\ell)`, where
       :math:`SD_\\ell = \\sqrt{\\overline{d^2_\\ell} - \\bar d_\\ell^2}` is the standard deviation of all pairwise
       differences :math:`d_{jkt\\ell}`, :math:`j \\ne k`, pooled over every market (the strict inequality and the

@@ -160,6 +160,8 @@ class DemandPostEstimation:
         nested_rho = rho if self.model.nesting is not None else None
         log_values = log_inclusive_values(utilities, self.model.nesting, nested_rho)
         alpha = -self._utility_derivatives("prices", coefficients)[:, 0, :]
+        if self.problem.K2:  # padded agent slots have zero weight; keep 0 / alpha finite there
+            alpha = torch.where(self.problem.agent_mask, alpha, torch.ones_like(alpha))
         surplus = (self.model.weights * log_values / alpha).sum(-1)
         values = surplus.cpu().numpy().reshape(-1, 1)
         if frame:

@@ -148,41 +148,44 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
 
     # ------------------------------------------------------------ round trips
     def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dictionary of the estimates, standard errors and diagnostics (JSON-ready)."""
-        return {
-            "objective": self.objective,
-            "gradient": self.gradient.reshape(-1).tolist(),
-            "theta_labels": self.theta_labels,
-            "beta_labels": self.beta_labels,
-            "sigma_labels": self.sigma_labels,
-            "pi_labels": self.pi_labels,
-            "beta": self.beta.reshape(-1).tolist(),
-            "beta_se": self.beta_se.reshape(-1).tolist(),
-            "sigma": self.sigma.tolist(),
-            "sigma_se": self.sigma_se.tolist(),
-            "pi": self.pi.tolist(),
-            "pi_se": self.pi_se.tolist(),
-            "rho": self.rho.reshape(-1).tolist(),
-            "rho_se": self.rho_se.reshape(-1).tolist(),
-            "gamma_labels": self.gamma_labels,
-            "gamma": self.gamma.reshape(-1).tolist(),
-            "gamma_se": self.gamma_se.reshape(-1).tolist(),
-            "clipped_costs": self.clipped_costs,
-            "W": self.W.tolist(),
-            "method": self.method,
-            "W_type": self.W_type,
-            "se_type": self.se_type,
-            "step": self.step,
-            "converged": self.converged,
-            "fp_converged": bool(self.fp_converged.all()),
-            "optimization_time": self.optimization_time,
-            "total_time": self.total_time,
-            "optimization_iterations": self.optimization_iterations,
-            "objective_evaluations": self.objective_evaluations,
-            "fp_iterations": self.fp_iterations,
-            "contraction_evaluations": self.contraction_evaluations,
-            "first_stage": self.first_stage.to_dict(orient="records"),
-        }
+        """Plain-Python dictionary of the estimates, standard errors and diagnostics (JSON-ready: the NaN
+        standard errors of parameters fixed at zero become None)."""
+        return _json_ready(
+            {
+                "objective": self.objective,
+                "gradient": self.gradient.reshape(-1).tolist(),
+                "theta_labels": self.theta_labels,
+                "beta_labels": self.beta_labels,
+                "sigma_labels": self.sigma_labels,
+                "pi_labels": self.pi_labels,
+                "beta": self.beta.reshape(-1).tolist(),
+                "beta_se": self.beta_se.reshape(-1).tolist(),
+                "sigma": self.sigma.tolist(),
+                "sigma_se": self.sigma_se.tolist(),
+                "pi": self.pi.tolist(),
+                "pi_se": self.pi_se.tolist(),
+                "rho": self.rho.reshape(-1).tolist(),
+                "rho_se": self.rho_se.reshape(-1).tolist(),
+                "gamma_labels": self.gamma_labels,
+                "gamma": self.gamma.reshape(-1).tolist(),
+                "gamma_se": self.gamma_se.reshape(-1).tolist(),
+                "clipped_costs": self.clipped_costs,
+                "W": self.W.tolist(),
+                "method": self.method,
+                "W_type": self.W_type,
+                "se_type": self.se_type,
+                "step": self.step,
+                "converged": self.converged,
+                "fp_converged": bool(self.fp_converged.all()),
+                "optimization_time": self.optimization_time,
+                "total_time": self.total_time,
+                "optimization_iterations": self.optimization_iterations,
+                "objective_evaluations": self.objective_evaluations,
+                "fp_iterations": self.fp_iterations,
+                "contraction_evaluations": self.contraction_evaluations,
+                "first_stage": self.first_stage.to_dict(orient="records"),
+            }
+        )
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
@@ -200,20 +203,31 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
             return pickle.load(file)
 
 
+def _json_ready(value: Any) -> Any:
+    """Nested lists and dicts with non-finite floats replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def _standard_errors(space: Any, se: np.ndarray) -> tuple[np.ndarray, ...]:
     """Place standard errors ordered as (theta, concentrated beta, concentrated gamma) into matrices."""
     n_sigma, n_pi, n_rho = len(space.sigma_index[0]), len(space.pi_index[0]), len(space.rho_index)
     n_beta, P = len(space.beta_index), space.P
-    sigma_se = np.zeros_like(space.sigma0)
+    sigma_se = np.full(space.sigma0.shape, np.nan)  # NaN for elements fixed at zero, as PyBLP
     sigma_se[space.sigma_index] = se[:n_sigma]
-    pi_se = np.zeros_like(space.pi0)
+    pi_se = np.full(space.pi0.shape, np.nan)
     pi_se[space.pi_index] = se[n_sigma : n_sigma + n_pi]
-    rho_se = np.zeros(space.rho0.shape)
+    rho_se = np.full(space.rho0.shape, np.nan)
     rho_se[space.rho_index] = se[n_sigma + n_pi : n_sigma + n_pi + n_rho]
-    beta_se = np.zeros(space.beta0.shape)
+    beta_se = np.full(space.beta0.shape, np.nan)
     beta_se[space.beta_index] = se[space.P_demand : space.P_demand + n_beta]
     beta_se[space.eliminated_beta] = se[P : P + len(space.eliminated_beta)]
-    gamma_se = np.zeros(space.gamma0.shape)
+    gamma_se = np.full(space.gamma0.shape, np.nan)
     gamma_se[space.gamma_index] = se[space.P_demand + n_beta : P]
     gamma_se[space.eliminated_gamma] = se[P + len(space.eliminated_beta) :]
     return sigma_se, pi_se, rho_se.reshape(-1, 1), beta_se.reshape(-1, 1), gamma_se.reshape(-1, 1)

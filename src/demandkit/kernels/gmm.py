@@ -93,15 +93,19 @@ def moment_covariances(
 
 
 def invert(matrix: Tensor) -> tuple[Tensor, bool]:
-    """Symmetric inverse, falling back to the Moore-Penrose pseudo-inverse when singular.
+    """Moore-Penrose inverse of a symmetric matrix, and whether it was (numerically) singular.
 
-    Returns the inverse and whether the fallback was needed.
+    Eigenvalues below :math:`\\max(M, N)\\,\\epsilon\\,|\\lambda|_{max}` are treated as zero, the cutoff of
+    ``scipy.linalg.pinv`` that PyBLP applies by default, so a rank-deficient :math:`S` (say, clustered
+    with fewer clusters than moments) gives the pseudo-inverse rather than a numerically huge inverse.
     """
-    inverse, info = torch.linalg.inv_ex(matrix)
-    singular = bool(info != 0) or not bool(torch.isfinite(inverse).all())
-    if singular:
-        inverse = torch.linalg.pinv(matrix, hermitian=True)
-    return (inverse + inverse.T) / 2, singular
+    symmetric = (matrix + matrix.T) / 2
+    values, vectors = torch.linalg.eigh(symmetric)
+    cutoff = max(matrix.shape) * torch.finfo(matrix.dtype).eps * values.abs().max()
+    keep = values.abs() > cutoff
+    inverse_values = torch.where(keep, 1 / torch.where(keep, values, torch.ones_like(values)), torch.zeros_like(values))
+    inverse = (vectors * inverse_values) @ vectors.T
+    return (inverse + inverse.T) / 2, bool((~keep).any())
 
 
 def parameter_covariances(W: Tensor, S: Tensor, G: Tensor, covariance_type: str) -> Tensor:

@@ -1,0 +1,550 @@
+"""Feasible optimal instruments (Chamberlain 1987), PyBLP's ``ProblemResults.compute_optimal_instruments``.
+
+The optimal instruments for the nonlinear parameters :math:`\\theta` (with the elements of :math:`\\beta` and
+:math:`\\gamma` that were not concentrated out) are
+
+.. math::
+
+    \\begin{pmatrix} Z^{opt}_{D,jt} \\\\ Z^{opt}_{S,jt} \\end{pmatrix}
+    = \\Sigma_{\\xi\\omega}^{-1}\\, E\\left[\\begin{matrix}
+        \\partial \\xi_{jt}/\\partial\\theta' \\\\ \\partial \\omega_{jt}/\\partial\\theta'
+    \\end{matrix} \\,\\middle|\\, Z\\right],
+
+evaluated at the estimates. The expectation averages over realizations of :math:`(\\xi, \\omega)`: zero
+(``'approximate'``), draws from a normal with their estimated covariance (``'normal'``) or from their
+empirical distribution (``'empirical'``). For each realization, mean utilities are
+:math:`\\hat\\delta - \\hat\\xi + \\xi^{(r)}`, costs :math:`f^{-1}(\\hat{\\tilde c} - \\hat\\omega + \\omega^{(r)})`,
+and prices are the Bertrand-Nash equilibrium (every market at once, by the zeta-markup fixed point of
+:mod:`demandkit.simulation`) with a supply side, or the fitted values of a regression of prices on the demand
+instruments without one; shares follow from the prices.
+
+The Jacobians at a realization come from autograd and the implicit function theorem: :math:`\\delta(\\theta)`
+solves :math:`\\log s(\\delta, \\theta) = \\log s^{(r)}`, so for a direction :math:`v` in :math:`\\theta`,
+
+.. math::
+
+    \\dot\\delta = -\\left(\\frac{\\partial \\log s}{\\partial \\delta'}\\right)^{-1}
+    \\frac{\\partial \\log s}{\\partial \\theta'} v, \\qquad
+    \\dot\\xi = \\dot\\delta - X_1 \\dot\\beta, \\qquad
+    \\dot\\omega = -\\frac{\\partial \\tilde c}{\\partial c}\\,
+    \\dot\\eta(\\delta, \\theta)[\\dot\\delta, v] - X_3\\dot\\gamma,
+
+with the share derivative a forward-mode product through :class:`~demandkit.demand.DemandModel`, the batched
+share Jacobian from the same model (one solve per market) and the markups :math:`\\eta` differentiated forward
+through :class:`~demandkit.supply.SupplyModel`; one pass per parameter, all markets at once. The Jacobians hold
+:math:`\\beta` and :math:`\\gamma` fixed and are not residualized on absorbed fixed effects, as PyBLP's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+from .demand import DemandModel
+from .exceptions import InvalidDataError, SpecificationError
+from .formulation import Formulation, absorb
+from .iteration import Iteration
+from .options import check_choice
+from .simulation import PriceDemand, linear_in_prices, solve_equilibrium
+from .supply import SupplyModel
+from .validation import check_full_rank, numbered_columns
+
+OptimalMethod = Literal["approximate", "normal", "empirical"]
+
+
+def compute_optimal_instruments(
+    results: Any,
+    method: str = "approximate",
+    draws: int = 1,
+    seed: int | None = None,
+    expected_prices: Any = None,
+    iteration: Iteration | None = None,
+    constant_costs: bool = True,
+    progress: bool = False,
+) -> OptimalInstrumentResults:
+    """Estimate feasible optimal instruments :math:`Z^{opt}_D` and :math:`Z^{opt}_S` for a solved problem.
+
+    Parameters
+    ----------
+    results : ProblemResults
+        Estimates of a :class:`~demandkit.problem.Problem`.
+    method : {'approximate', 'normal', 'empirical'}
+        Evaluate the Jacobians at :math:`\\xi = \\omega = 0`, or average them over ``draws`` realizations drawn
+        from a normal with the errors' sample covariance or from the errors' empirical distribution.
+    draws : int
+        Number of realizations (ignored, and 1, for ``'approximate'``).
+    seed : int, optional
+        Seeds ``numpy.random.RandomState`` for the draws (the same draws as PyBLP's for a seed).
+    expected_prices : array-like, optional
+        :math:`E[p \\mid Z]` (``N``). By default equilibrium prices with a supply side whose X3 does not involve
+        shares, and otherwise the fitted values of a regression of prices on the demand instruments.
+    iteration : Iteration, optional
+        How equilibrium prices are solved (default ``Iteration('simple', {'atol': 1e-12})``).
+    constant_costs : bool
+        Only ``True`` is supported (costs do not move with shares).
+    progress : bool
+        Show a progress bar over draws.
+
+    Returns
+    -------
+    OptimalInstrumentResults
+    """
+    start_time = time.perf_counter()
+    check_choice("method", method, OptimalMethod)
+    p = results.problem
+    if not constant_costs and any("shares" in label for label in p.X3_labels):
+        raise SpecificationError("constant_costs=False (costs that move with shares) is not supported.")
+    if method == "approximate":
+        draws = 1
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise SpecificationError(f"draws must be a positive int; received {draws!r}.")
+    state = _State.build(results)
+    sample = _sampler(method, seed, state.xi, state.omega)
+    supply_equilibrium = p.K3 > 0 and not any("shares" in label for label in p.X3_labels)
+    if expected_prices is not None:
+        iteration = None
+        expected = _vector(expected_prices, p.N, "expected_prices")
+    elif supply_equilibrium:
+        iteration = iteration or Iteration("simple", {"atol": 1e-12})
+        if not isinstance(iteration, Iteration):
+            raise SpecificationError(f"iteration must be an Iteration; received {iteration!r}.")
+        expected = None
+    else:
+        iteration = None
+        expected = _fitted_prices(p)
+
+    N, P = p.N, state.space.P
+    totals = {"prices": np.zeros(N), "shares": np.zeros(N), "xi": np.zeros((N, P)), "omega": np.zeros((N, P))}
+    converged, iterations, evaluations = [], [], []
+    rounds: Any = range(draws)
+    if progress:
+        from tqdm.auto import tqdm
+
+        rounds = tqdm(rounds, desc="optimal instruments", unit=" draws")
+    for _ in rounds:
+        xi_draw, omega_draw = sample()
+        realization = state.realize(xi_draw, omega_draw, expected, iteration)
+        for name in totals:
+            totals[name] += realization[name] / draws
+        converged.append(realization["converged"])
+        iterations.append(realization["iterations"])
+        evaluations.append(realization["evaluations"])
+
+    xi_jacobian, omega_jacobian = totals["xi"], totals["omega"]
+    if p.K3 == 0:
+        inverse = np.array([[1 / np.var(state.xi)]])
+        demand_instruments = inverse[0, 0] * xi_jacobian
+        supply_instruments = np.full((N, 0), np.nan)
+        omega_jacobian = np.full((N, P), np.nan)
+    else:
+        inverse = np.linalg.inv(np.cov(state.xi, state.omega))
+        stacked = inverse @ np.stack([xi_jacobian, omega_jacobian], axis=1)  # [N, 2, P]
+        demand_instruments, supply_instruments = stacked[:, 0, :], stacked[:, 1, :]
+    return OptimalInstrumentResults(
+        problem_results=results,
+        demand_instruments=demand_instruments,
+        supply_instruments=supply_instruments,
+        inverse_covariance_matrix=inverse,
+        expected_xi_by_theta_jacobian=xi_jacobian,
+        expected_omega_by_theta_jacobian=omega_jacobian,
+        expected_prices=totals["prices"].reshape(-1, 1),
+        expected_shares=totals["shares"].reshape(-1, 1),
+        computation_time=time.perf_counter() - start_time,
+        draws=draws,
+        fp_converged=np.stack(converged, axis=1),
+        fp_iterations=np.stack(iterations, axis=1),
+        contraction_evaluations=np.stack(evaluations, axis=1),
+    )
+
+
+# ------------------------------------------------------------------------------------------ internals
+
+
+def _vector(values: Any, size: int, name: str) -> np.ndarray:
+    vector = np.asarray(values, dtype=np.float64).reshape(-1)
+    if vector.size != size or not np.isfinite(vector).all():
+        raise InvalidDataError(f"{name} must hold {size} finite values, one per product.")
+    return vector
+
+
+def _sampler(method: str, seed: int | None, xi: np.ndarray, omega: np.ndarray | None) -> Any:
+    """A function returning one realization ``(xi, omega)`` (``N`` each), drawn as PyBLP draws it."""
+    N = xi.size
+    zero_omega = None if omega is None else np.zeros(N)
+    if method == "approximate":
+        return lambda: (np.zeros(N), zero_omega)
+    state = np.random.RandomState(seed)
+    if method == "normal":
+        if omega is None:
+            deviation = np.std(xi)
+            return lambda: (state.normal(0, deviation, N), None)
+        covariance = np.cov(xi, omega)
+        return lambda: tuple(state.multivariate_normal([0, 0], covariance, N).T)
+    if omega is None:
+        return lambda: (xi[state.choice(N, N)], None)
+    joint = np.column_stack([xi, omega])
+    return lambda: tuple(joint[state.choice(N, N)].T)
+
+
+def _fitted_prices(problem: Any) -> np.ndarray:
+    """Fitted values of prices regressed on the (absorbed) demand instruments, plus the absorbed part."""
+    prices = problem.products["prices"].to_numpy(dtype=np.float64)
+    design = problem.design
+    absorbed = absorb(prices[:, None], design.absorb_ids, problem.product_formulations[0].absorb_method)[:, 0]
+    ZD = design.ZD
+    covariances = ZD.T @ ZD
+    try:
+        parameters = np.linalg.solve(covariances, ZD.T @ absorbed)
+    except np.linalg.LinAlgError:
+        parameters = np.linalg.lstsq(covariances, ZD.T @ absorbed, rcond=None)[0]
+    return ZD @ parameters + prices - absorbed
+
+
+@dataclasses.dataclass
+class _State:
+    """The estimates as tensors, and how to compute one realization's prices, shares and Jacobians."""
+
+    results: Any
+    space: Any
+    theta: Tensor  # [P]
+    beta: Tensor  # [K1] all elements, at the estimates
+    concentrated_beta: Tensor  # [K1] 1 where concentrated out
+    sigma: Tensor
+    pi: Tensor
+    rho: Tensor
+    delta: np.ndarray  # [N] rows, before absorption
+    xi: np.ndarray
+    omega: np.ndarray | None
+    tilde_costs: np.ndarray | None
+    linear: bool  # whether X1 and X2 are linear in prices
+
+    @classmethod
+    def build(cls, results: Any) -> _State:
+        p = results.problem
+        space = results._space
+        kwargs = {"dtype": p.dtype, "device": p.device}
+        theta = torch.as_tensor(np.asarray(results.theta, dtype=np.float64).reshape(-1), **kwargs)
+        sigma, pi, rho = space.unpack(theta)
+        beta = torch.as_tensor(np.asarray(results.beta, dtype=np.float64).reshape(-1), **kwargs)
+        concentrated = torch.zeros_like(beta)
+        concentrated[torch.as_tensor(space.eliminated_beta, dtype=torch.int64, device=p.device)] = 1.0
+        delta = p.layout.unpad(results._delta_padded.detach().cpu().numpy()).astype(np.float64)
+        omega = tilde = None
+        if p.K3:
+            omega = np.asarray(results.omega, dtype=np.float64).reshape(-1)
+            costs = results._steps[-1].evaluation.costs.detach().cpu().numpy().astype(np.float64)
+            lower, upper = results.costs_bounds
+            costs = np.clip(costs, lower, upper)
+            tilde = np.log(costs) if p.costs_type == "log" else costs
+        xi = np.asarray(results.xi, dtype=np.float64).reshape(-1)
+        linear = linear_in_prices(p)
+        return cls(results, space, theta, beta, concentrated, sigma, pi, rho, delta, xi, omega, tilde, linear)
+
+    def _pad(self, values: np.ndarray) -> Tensor:
+        p = self.results.problem
+        return torch.as_tensor(p.layout.pad(values), dtype=p.dtype, device=p.device)
+
+    def _rows(self, padded: Tensor) -> np.ndarray:
+        return self.results.problem.layout.unpad(padded.detach().cpu().numpy()).astype(np.float64)
+
+    def realize(
+        self, xi: np.ndarray, omega: np.ndarray | None, expected: np.ndarray | None, iteration: Iteration | None
+    ) -> dict[str, Any]:
+        """Prices, shares and the Jacobians of :math:`\\xi` and :math:`\\omega` for one realization."""
+        p = self.results.problem
+        model = self.results.model
+        delta = self.delta - self.xi + xi
+        demand = PriceDemand(
+            problem=p,
+            model=model,
+            coefficients=model.coefficients(self.sigma, self.pi),
+            rho=self.rho,
+            beta=self.beta,
+            base_delta=self._pad(delta),
+            base_prices=p.prices_padded,
+            linear=self.linear,
+        )
+        T = p.T
+        converged, counts = np.ones(T, dtype=bool), np.zeros(T, dtype=np.int64)
+        evaluations = counts.copy()
+        costs = None
+        with torch.no_grad():
+            if p.K3:
+                tilde = self.tilde_costs - self.omega + omega
+                costs = np.exp(tilde) if p.costs_type == "log" else tilde
+            if expected is not None:
+                prices = self._pad(expected)
+            else:
+                result = solve_equilibrium(demand, self._pad(costs), p.prices_padded, p.ownership_padded, iteration)
+                prices = result.values
+                converged = result.converged.cpu().numpy()
+                counts, evaluations = result.iterations.cpu().numpy(), result.evaluations.cpu().numpy()
+            probabilities, _, delta_padded = demand.state(prices)
+            shares = demand.shares(probabilities)
+        xi_jacobian, omega_jacobian = self._jacobians(demand, prices, shares, delta_padded, costs)
+        return {
+            "prices": self._rows(prices),
+            "shares": self._rows(shares),
+            "xi": xi_jacobian,
+            "omega": omega_jacobian,
+            "converged": converged,
+            "iterations": counts,
+            "evaluations": evaluations,
+        }
+
+    def _jacobians(
+        self, demand: PriceDemand, prices: Tensor, shares: Tensor, delta: Tensor, costs: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``N x P`` Jacobians of :math:`\\xi` and :math:`\\omega` (holding :math:`\\beta`, :math:`\\gamma` fixed)."""
+        p = self.results.problem
+        space = self.space
+        N, P = p.N, space.P
+        xi_jacobian, omega_jacobian = np.zeros((N, P)), np.zeros((N, P))
+        if P == 0:
+            return xi_jacobian, omega_jacobian
+        realized = _realized_problem(p, demand, prices, shares)
+        model = DemandModel(realized)
+        supply = SupplyModel(realized, model) if p.K3 else None
+        X1 = realized.X1_realized
+        X3 = realized.X3_realized
+        mask = model.mask
+        concentrated = self.concentrated_beta * self.beta
+
+        def log_shares(theta: Tensor) -> Tensor:
+            sigma, pi, rho = space.unpack(theta)
+            return torch.where(mask, model.log_shares(delta, model.mu(sigma, pi), rho), 0.0)
+
+        def markups(theta: Tensor, delta_: Tensor) -> Tensor:
+            sigma, pi, rho = space.unpack(theta)
+            beta = space.unpack_linear(theta)[0] + concentrated
+            return torch.where(mask, supply.markups(delta_, sigma, pi, rho, beta), 0.0)
+
+        with torch.no_grad():
+            matrix = model.log_share_jacobian(delta, model.mu(self.sigma, self.pi), self.rho)
+        eye = torch.eye(P, dtype=p.dtype, device=p.device)
+        for k in range(P):  # one forward pass per parameter, every market at once
+            direction = eye[k]
+            share_tangent = _jvp(log_shares, (self.theta,), (direction,))
+            delta_tangent = -torch.linalg.solve(matrix, share_tangent.unsqueeze(-1)).squeeze(-1)
+            delta_tangent = torch.where(mask, delta_tangent, 0.0)
+            beta_tangent, gamma_tangent = space.unpack_linear(direction)
+            xi_jacobian[:, k] = self._rows(delta_tangent) - X1 @ beta_tangent.cpu().numpy()
+            if supply is not None:
+                eta_tangent = _jvp(markups, (self.theta, delta), (direction, delta_tangent))
+                costs_tangent = -self._rows(eta_tangent)
+                if p.costs_type == "log":
+                    costs_tangent = costs_tangent / costs
+                omega_jacobian[:, k] = costs_tangent - X3 @ gamma_tangent.cpu().numpy()
+        return xi_jacobian, omega_jacobian
+
+
+def _jvp(function: Any, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]) -> Tensor:
+    """Forward-mode derivative of ``function`` at ``primals`` in the direction ``tangents``."""
+    with forward_ad.dual_level():
+        duals = [forward_ad.make_dual(x, v) for x, v in zip(primals, tangents, strict=True)]
+        output = forward_ad.unpack_dual(function(*duals))
+    return torch.zeros_like(output.primal) if output.tangent is None else output.tangent
+
+
+def _realized_problem(problem: Any, demand: PriceDemand, prices: Tensor, shares: Tensor) -> Any:
+    """A shallow copy of ``problem`` whose prices, shares and price-dependent designs are the realization's."""
+    realized = copy.copy(problem)
+    layout = problem.layout
+    price_rows = layout.unpad(prices.detach().cpu().numpy())
+    share_rows = layout.unpad(shares.detach().cpu().numpy())
+    frame = problem.products.assign(prices=price_rows, shares=share_rows)
+    kwargs = {"dtype": problem.dtype, "device": problem.device}
+    mask = problem.product_mask
+    realized.prices_padded = torch.where(mask, prices, 0.0)
+    realized.log_market_shares = torch.log(torch.where(mask, shares, 1.0))
+    X1_formulation, X2_formulation, X3_formulation = problem.product_formulations
+    realized.X1_realized = X1_formulation.build_matrix(frame)[0]
+    realized.X3_realized = X3_formulation.build_matrix(frame)[0] if X3_formulation is not None else None
+    if problem.K2:
+        realized.X2_padded = torch.as_tensor(layout.pad(X2_formulation.build_matrix(frame)[0]), **kwargs)
+    if not demand.linear:
+        realized.dX1_padded = torch.as_tensor(layout.pad(X1_formulation.derivative_matrix(frame, "prices")), **kwargs)
+        if problem.K2:
+            derivative = X2_formulation.derivative_matrix(frame, "prices")
+            realized.dX2_padded = torch.as_tensor(layout.pad(derivative), **kwargs)
+    return realized
+
+
+# -------------------------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OptimalInstrumentResults:
+    """Estimated optimal instruments (PyBLP's ``OptimalInstrumentResults``).
+
+    Attributes
+    ----------
+    problem_results : ProblemResults
+        The results they were computed from.
+    demand_instruments, supply_instruments : ndarray
+        ``N x P`` estimated optimal instruments for :math:`\\theta` (``N x 0`` supply instruments without a
+        supply side).
+    inverse_covariance_matrix : ndarray
+        :math:`\\Sigma_{\\xi\\omega}^{-1}` (``1 x 1`` without a supply side).
+    expected_xi_by_theta_jacobian, expected_omega_by_theta_jacobian : ndarray
+        ``N x P`` averaged Jacobians.
+    expected_prices, expected_shares : ndarray
+        ``N x 1`` prices and shares averaged over the realizations.
+    fp_converged, fp_iterations, contraction_evaluations : ndarray
+        ``T x draws`` diagnostics of the equilibrium price iterations.
+    """
+
+    problem_results: Any
+    demand_instruments: np.ndarray
+    supply_instruments: np.ndarray
+    inverse_covariance_matrix: np.ndarray
+    expected_xi_by_theta_jacobian: np.ndarray
+    expected_omega_by_theta_jacobian: np.ndarray
+    expected_prices: np.ndarray
+    expected_shares: np.ndarray
+    computation_time: float
+    draws: int
+    fp_converged: np.ndarray
+    fp_iterations: np.ndarray
+    contraction_evaluations: np.ndarray
+
+    def __str__(self) -> str:
+        return (
+            f"Optimal Instrument Results: {self.draws} draw(s), {self.computation_time:.3f} s, "
+            f"{int(self.fp_iterations.sum())} fixed-point iterations, "
+            f"{self.demand_instruments.shape[1]} demand and {self.supply_instruments.shape[1]} supply instruments"
+        )
+
+    @property
+    def supply_shifters(self) -> list[str]:
+        """X3 columns not involving shares (nor the intercept) that are not in X1: added to the demand instruments."""
+        p = self.problem_results.problem
+        if not p.K3:
+            return []
+        demand, supply = self._shifter_sets()
+        return sorted(supply - demand)
+
+    @property
+    def demand_shifters(self) -> list[str]:
+        """X1 columns not involving prices (nor the intercept) that are not in X3: added to the supply instruments."""
+        p = self.problem_results.problem
+        if not p.K3:
+            return []
+        demand, supply = self._shifter_sets()
+        return sorted(demand - supply)
+
+    def _shifter_sets(self) -> tuple[set[str], set[str]]:
+        p = self.problem_results.problem
+        demand = {label for label in p.design.X1_labels if label not in p.design.endogenous and label != "1"}
+        supply = {label for label in p.X3_labels if "shares" not in label and label != "1"}
+        return demand, supply
+
+    def to_problem(
+        self,
+        supply_shifter_formulation: Formulation | None = None,
+        demand_shifter_formulation: Formulation | None = None,
+        product_data: Any = None,
+        drop_indices: Any = None,
+    ) -> Any:
+        """The same problem with the optimal excluded instruments (PyBLP's ``OptimalInstrumentProblem``).
+
+        Demand instruments are :math:`Z^{opt}_D` without the columns of parameters on exogenous linear
+        characteristics (or those in ``drop_indices``), the endogenous X1 columns at the expected prices for
+        concentrated-out coefficients on them, and the supply shifters; then the exogenous X1 columns. Supply
+        instruments are built the same way with X3, expected shares and demand shifters. Fixed effects are
+        absorbed as in the original problem.
+        """
+        results = self.problem_results
+        p = results.problem
+        space = results._space
+        data = p.products if product_data is None else pd.DataFrame(product_data)
+        if not p.K3 and (supply_shifter_formulation is not None or demand_shifter_formulation is not None):
+            raise SpecificationError("Without a supply side, shifter formulations must be None.")
+        dropped = np.zeros(space.P, dtype=bool)
+        if drop_indices is not None:
+            dropped[np.asarray(list(drop_indices), dtype=np.int64)] = True
+        else:
+            offset = space.P_demand
+            for k in space.beta_index:
+                dropped[offset] = p.design.X1_labels[k] not in p.design.endogenous
+                offset += 1
+            for k in space.gamma_index:
+                dropped[offset] = "shares" not in p.X3_labels[k]
+                offset += 1
+        frame = p.products.assign(prices=self.expected_prices[:, 0], shares=self.expected_shares[:, 0])
+        demand = [self.demand_instruments[:, ~dropped]]
+        alpha = [k for k in space.eliminated_beta if p.design.X1_labels[k] in p.design.endogenous]
+        if alpha:
+            demand.append(p.product_formulations[0].build_matrix(frame)[0][:, alpha])
+        supply = [self.supply_instruments[:, ~dropped]] if p.K3 else [self.supply_instruments]
+        if p.K3:
+            endogenous = [k for k in space.eliminated_gamma if "shares" in p.X3_labels[k]]
+            if endogenous:
+                supply.append(p.product_formulations[2].build_matrix(frame)[0][:, endogenous])
+            shifters = _shifters(supply_shifter_formulation, self.supply_shifters, data)
+            if shifters is not None:
+                demand.append(shifters)
+            shifters = _shifters(demand_shifter_formulation, self.demand_shifters, data)
+            if shifters is not None:
+                supply.append(shifters)
+        return with_instruments(p, np.column_stack(demand), np.column_stack(supply))
+
+
+def _shifters(formulation: Formulation | None, default: list[str], data: pd.DataFrame) -> np.ndarray | None:
+    if formulation is None:
+        if not default:
+            return None
+        formulation = Formulation("0 + " + " + ".join(default))
+    elif not isinstance(formulation, Formulation):
+        raise SpecificationError(f"Shifter formulations must be Formulations; received {formulation!r}.")
+    matrix, labels = formulation.build_matrix(data)
+    keep = [k for k, label in enumerate(labels) if label != "1"]
+    return matrix[:, keep] if keep else None
+
+
+def with_instruments(problem: Any, demand: np.ndarray, supply: np.ndarray) -> Any:
+    """A copy of ``problem`` whose excluded instruments are ``demand`` (and ``supply``), supplemented by the
+    exogenous X1 (X3) columns and absorbed like the original's.
+
+    The copy shares every other array with ``problem`` (designs, agents, layout), so nothing is rebuilt.
+    """
+    p = problem
+    updated = copy.copy(p)
+    design = p.design
+    exogenous = [k for k, label in enumerate(design.X1_labels) if label not in design.endogenous]
+    labels = [f"demand_instruments{k}" for k in range(demand.shape[1])] + [design.X1_labels[k] for k in exogenous]
+    ZD = absorb(
+        np.column_stack([demand, design.X1_raw[:, exogenous]]),
+        design.absorb_ids,
+        p.product_formulations[0].absorb_method,
+    )
+    check_full_rank(ZD, labels, "The optimal demand instruments")
+    updated.design = dataclasses.replace(design, ZD=ZD, ZD_labels=labels)
+    updated.MD = ZD.shape[1]
+    updated.ZD_tensor = torch.as_tensor(np.ascontiguousarray(ZD), dtype=p.dtype, device=p.device)
+    columns = {label: demand[:, k] for k, label in enumerate(labels[: demand.shape[1]])}
+    if p.K3:
+        exogenous = [k for k, label in enumerate(p.X3_labels) if "shares" not in label]
+        supply_labels = [f"supply_instruments{k}" for k in range(supply.shape[1])]
+        supply_labels += [p.X3_labels[k] for k in exogenous]
+        ZS = absorb(
+            np.column_stack([supply, p.X3_raw[:, exogenous]]),
+            p.supply_absorb_ids,
+            p.product_formulations[2].absorb_method,
+        )
+        check_full_rank(ZS, supply_labels, "The optimal supply instruments")
+        updated.ZS, updated.ZS_labels, updated.MS = ZS, supply_labels, ZS.shape[1]
+        updated.ZS_tensor = torch.as_tensor(np.ascontiguousarray(ZS), dtype=p.dtype, device=p.device)
+        columns.update({label: supply[:, k] for k, label in enumerate(supply_labels[: supply.shape[1]])})
+    old = numbered_columns(p.products, "demand_instruments") + numbered_columns(p.products, "supply_instruments")
+    updated.products = p.products.drop(columns=old).assign(**columns)
+    updated.add_exogenous = True
+    return updated

@@ -1,0 +1,776 @@
+"""``Simulation``: synthetic BLP data with equilibrium prices and shares, batched over markets.
+
+PyBLP's ``Simulation`` and ``SimulationResults`` with their names and semantics. Variables the formulations
+use but the data lack are drawn from the standard uniform distribution, placeholder shares are uniform
+draws divided by the number of products of the market, and :math:`(\\xi, \\omega)` are drawn from a mean-zero
+bivariate normal, all from one ``numpy.random.RandomState(seed)`` in PyBLP's order (shares, prices, product
+variables by name, demographics by name, then the errors), so that a seed gives the same data every time.
+
+The data are laid out once as a :class:`~demandkit.problem.Problem` on the placeholder shares (it owns the
+padded ``[T, J]`` designs, their price derivatives, ownership, nests and agents), and
+:meth:`Simulation.replace_endogenous` solves the Bertrand-Nash equilibrium of every market at once by the
+:math:`\\zeta`-markup fixed point of Morrow and Skerlos (2011),
+
+.. math::
+
+    p \\leftarrow c + \\zeta(p), \\qquad
+    \\zeta(p) = \\Lambda(p)^{-1}\\big[(O \\odot \\Gamma(p))'(p - c) - s(p)\\big],
+
+where :math:`\\partial s/\\partial p' = \\Lambda - \\Gamma` with :math:`\\Lambda` diagonal, iterated with the batched
+kernels of :mod:`demandkit.kernels.fixed_point`. Each market stops on its own criterion. The first-order
+conditions :math:`s + (O \\odot D')(p - c) = 0` are evaluated at the solution and reported per product.
+
+Deviations from PyBLP: a simulation without a supply side draws :math:`\\xi` with variance ``xi_variance``
+when it is not given (PyBLP requires it); costs that depend on shares are held at their initial values
+(``constant_costs=True``); the price iteration stops on the change in prices (PyBLP weights the change by
+:math:`|\\Lambda|`); lagged unobservables (``phi``), ``epsilon_scale``, agent-specific availability and
+profit Hessians are not implemented.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .demand import DemandModel
+from .exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
+from .formulation import Formulation
+from .integration import Integration
+from .iteration import Iteration
+from .kernels.fixed_point import FixedPointResult, iterate_simple, iterate_squarem
+from .kernels.markups import zeta_markups
+from .kernels.shares import Probabilities, agent_utilities, compute_probabilities, share_jacobian
+from .layout import Layout
+from .options import check_choice
+from .problem import Problem
+from .supply import SupplyModel
+from .validation import as_frame, numbered_columns, require_columns
+
+ErrorBehavior = Literal["raise", "warn"]
+
+_RESERVED_PRODUCT = {
+    "market_ids",
+    "firm_ids",
+    "nesting_ids",
+    "product_ids",
+    "clustering_ids",
+    "lag_indices",
+    "ownership",
+    "shares",
+    "prices",
+}
+_RESERVED_AGENT = {"market_ids", "agent_ids", "nodes", "weights", "availability"}
+
+
+class SimulationError(DemandkitError, RuntimeError):
+    """A simulation whose equilibrium (or inversion) did not converge in some markets.
+
+    Raised by :meth:`Simulation.replace_endogenous` and :meth:`Simulation.replace_exogenous` with
+    ``error_behavior='raise'``. The price coefficient may be too small relative to the random coefficients
+    on prices for an equilibrium to exist; try a more negative price coefficient, more iterations
+    (``Iteration('simple', {'max_evaluations': ...})``) or ``error_behavior='warn'`` to keep the last iterate.
+    """
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@dataclass(frozen=True)
+class PriceDemand:
+    """Demand as a function of prices (used for equilibria here and in :mod:`demandkit.optimal_instruments`).
+
+    Utilities as functions of prices for every market: :math:`\\delta(p)`, :math:`X_2(p)` and
+    :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}` (all ``[T, J, ...]`` tensors)."""
+
+    problem: Problem
+    model: DemandModel
+    coefficients: Tensor | None  # [T, I, K2]
+    rho: Tensor
+    beta: Tensor
+    base_delta: Tensor  # delta at the problem's prices
+    base_prices: Tensor
+    linear: bool
+
+    def state(self, prices: Tensor) -> tuple[Probabilities, Tensor, Tensor]:
+        """Probabilities, price derivatives of utilities and mean utilities at ``prices`` (``[T, J]``)."""
+        p, model = self.problem, self.model
+        if self.linear:
+            change = torch.where(model.mask, prices - self.base_prices, 0.0)
+            delta = self.base_delta + (p.dX1_padded @ self.beta) * change
+            X2 = None if self.coefficients is None else model.X2 + p.dX2_padded * change.unsqueeze(-1)
+            dX1, dX2 = p.dX1_padded, p.dX2_padded
+        else:
+            frame = p.products.assign(prices=p.layout.unpad(prices.detach().cpu().numpy()))
+            X1 = p.product_formulations[0].build_matrix(frame)[0]
+            change = (X1 - p.design.X1_raw) @ self.beta.cpu().numpy()
+            delta = self.base_delta + _pad(p, change)
+            dX1 = _pad(p, p.product_formulations[0].derivative_matrix(frame, "prices"))
+            X2 = dX2 = None
+            if self.coefficients is not None:
+                X2 = _pad(p, p.product_formulations[1].build_matrix(frame)[0])
+                dX2 = _pad(p, p.product_formulations[1].derivative_matrix(frame, "prices"))
+        mu = None if X2 is None else torch.einsum("tjk,tik->tji", X2, self.coefficients)
+        nested_rho = self.rho if model.nesting is not None else None
+        probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
+        derivatives = (dX1 @ self.beta).unsqueeze(-1)
+        if self.coefficients is not None:
+            derivatives = derivatives + torch.einsum("tjk,tik->tji", dX2, self.coefficients)
+        return probabilities, derivatives.expand(-1, -1, model.weights.shape[1]), delta
+
+    def shares(self, probabilities: Probabilities) -> Tensor:
+        return (torch.exp(probabilities.log_probabilities) * self.model.weights.unsqueeze(1)).sum(-1)
+
+    def zeta(self, prices: Tensor, costs: Tensor, ownership: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`\\zeta(p)` and :math:`|\\Lambda|` at ``prices`` (zero in padded slots)."""
+        model = self.model
+        probabilities, derivatives, _ = self.state(prices)
+        margins = prices - costs
+        if model.nesting is None:
+            P = torch.exp(probabilities.log_probabilities)
+            lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1)
+            zeta = zeta_markups(P, model.weights, derivatives, ownership, margins, model.mask)
+            return zeta, lam.abs()
+        # nested logit kernel: Lambda_jj = sum_i w_i P_ij alpha_ij / (1 - rho_j) and Gamma = Lambda - D
+        jacobian = share_jacobian(probabilities, model.weights, model.mask, model.nesting, derivatives)
+        P = torch.exp(probabilities.log_probabilities) * model.mask.unsqueeze(-1)
+        lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1) / (1 - probabilities.rho)
+        gamma = torch.diag_embed(lam) - jacobian
+        transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)
+        safe = torch.where(model.mask & (lam != 0), lam, torch.full_like(lam, 1e-300))
+        zeta = torch.where(model.mask, (transfer - self.shares(probabilities)) / safe, 0.0)
+        return zeta, lam.abs()
+
+    def profit_gradients(self, prices: Tensor, costs: Tensor, ownership: Tensor) -> Tensor:
+        """First-order conditions :math:`s_j + \\sum_k O_{jk} \\partial s_k/\\partial p_j (p_k - c_k)`, ``[T, J]``."""
+        probabilities, derivatives, _ = self.state(prices)
+        model = self.model
+        jacobian = share_jacobian(probabilities, model.weights, model.mask, model.nesting, derivatives)
+        margins = torch.where(model.mask, prices - costs, 0.0)
+        gradient = self.shares(probabilities) + torch.einsum("tjk,tkj,tk->tj", ownership, jacobian, margins)
+        return torch.where(model.mask, gradient, 0.0)
+
+
+def solve_equilibrium(
+    demand: PriceDemand, costs: Tensor, start: Tensor, ownership: Tensor, iteration: Iteration
+) -> FixedPointResult:
+    """Bertrand-Nash prices of every market by iterating :math:`p \\leftarrow c + \\zeta(p)` from ``start``.
+
+    ``iteration`` is ``'simple'``, ``'squarem'`` or ``'return'`` (keep ``start``); each market stops on its own.
+    """
+    mask = demand.model.mask
+    if iteration.method not in ("simple", "squarem", "return"):
+        raise SpecificationError(
+            f"Equilibrium prices iterate with 'simple', 'squarem' or 'return'; received {iteration.method!r}."
+        )
+    if iteration.method == "return":
+        ones = torch.ones(mask.shape[0], dtype=torch.int64, device=start.device)
+        return FixedPointResult(start, ones.bool(), 0 * ones, 0 * ones)
+
+    def update(current: Tensor) -> Tensor:
+        return torch.where(mask, costs + demand.zeta(current, costs, ownership)[0], 0.0)
+
+    solver = iterate_squarem if iteration.method == "squarem" else iterate_simple
+    return solver(update, torch.where(mask, start, 0.0), mask, iteration.options)
+
+
+def _pad(problem: Problem, values: np.ndarray) -> Tensor:
+    return torch.as_tensor(problem.layout.pad(values), dtype=problem.dtype, device=problem.device)
+
+
+def linear_in_prices(problem: Problem) -> bool:
+    """Whether X1 and X2 are linear in prices (their price derivatives do not move with prices)."""
+    shifted = problem.products.assign(prices=problem.products["prices"] * 1.7 + 0.3)
+    pairs = ((problem.product_formulations[0], problem.dX1), (problem.product_formulations[1], problem.dX2))
+    return all(
+        formulation is None
+        or np.allclose(formulation.derivative_matrix(shifted, "prices"), derivative, rtol=1e-7, atol=1e-9)
+        for formulation, derivative in pairs
+    )
+
+
+# ----------------------------------------------------------------------------------------- simulation
+
+
+class Simulation:
+    """Simulation of data in BLP-type models (PyBLP's ``Simulation``).
+
+    Parameters
+    ----------
+    product_formulations : Formulation or sequence of Formulation
+        ``(X1, X2, X3)``; X2 and X3 may be omitted or None. No fixed effect absorption.
+    product_data : DataFrame or mapping
+        ``market_ids`` and ``firm_ids`` (see :func:`~demandkit.instruments.build_id_data`), optionally
+        ``nesting_ids``, ``product_ids``, ``clustering_ids``, ``ownership0..``, ``prices``, ``shares`` and any
+        characteristics. Variables the formulations use but the data lack are drawn from :math:`U(0, 1)`.
+    beta, sigma, pi, gamma, rho : array-like
+        True parameters: :math:`\\beta` (``K1``), lower-triangular :math:`\\Sigma` (``K2 x K2``; the upper triangle
+        is ignored), :math:`\\Pi` (``K2 x D``), :math:`\\gamma` (``K3``) and :math:`\\rho` (scalar or ``H``).
+    agent_formulation : Formulation, optional
+        Demographics :math:`d`; missing variables are drawn from :math:`U(0, 1)`.
+    agent_data : DataFrame or mapping, optional
+        ``market_ids``, ``weights``, ``nodes0..`` (unless ``integration`` is given) and demographics.
+    integration : Integration, optional
+        Builds ``K2``-dimensional nodes and weights for every market.
+    xi, omega : array-like, optional
+        Structural errors. When neither is given they are drawn from a mean-zero bivariate normal with
+        variances ``xi_variance``, ``omega_variance`` and correlation ``correlation`` (only :math:`\\xi` without a
+        supply side).
+    rc_types : sequence of {'linear', 'log', 'logit'}, optional
+        How each random coefficient enters utility.
+    costs_type : {'linear', 'log'}
+        Marginal costs :math:`c = X_3\\gamma + \\omega` or :math:`\\log c = X_3\\gamma + \\omega`.
+    seed : int, optional
+        Seeds ``numpy.random.RandomState`` for every draw.
+    device, dtype
+        Where and in which precision the equilibrium is computed.
+    """
+
+    def __init__(
+        self,
+        product_formulations: Formulation | Any,
+        product_data: Any,
+        beta: Any,
+        sigma: Any = None,
+        pi: Any = None,
+        gamma: Any = None,
+        rho: Any = None,
+        agent_formulation: Formulation | None = None,
+        agent_data: Any = None,
+        integration: Integration | None = None,
+        xi: Any = None,
+        omega: Any = None,
+        xi_variance: float = 1.0,
+        omega_variance: float = 1.0,
+        correlation: float = 0.9,
+        rc_types: Any = None,
+        costs_type: str = "linear",
+        seed: int | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        formulations = (
+            [product_formulations] if isinstance(product_formulations, Formulation) else list(product_formulations)
+        )
+        if not 1 <= len(formulations) <= 3 or formulations[0] is None:
+            raise SpecificationError("product_formulations must be a Formulation or a sequence of up to three.")
+        formulations += [None] * (3 - len(formulations))
+        for formulation in formulations + [agent_formulation]:
+            if formulation is not None and not isinstance(formulation, Formulation):
+                raise SpecificationError(f"Formulations must be demandkit Formulations; received {formulation!r}.")
+            if formulation is not None and formulation.absorb:
+                raise SpecificationError("Simulations do not absorb fixed effects; include them in the formula.")
+        if integration is not None and not isinstance(integration, Integration):
+            raise SpecificationError(f"integration must be an Integration; received {integration!r}.")
+        self.product_formulations = tuple(formulations)
+        self.agent_formulation = agent_formulation
+        self.integration = integration
+        self.costs_type = costs_type
+        self.seed = seed
+        state = np.random.RandomState(seed)
+
+        self.product_data = self._products(as_frame(product_data, "product_data"), state)
+        K2 = self.product_formulations[1].build_matrix(self.product_data)[0].shape[1] if formulations[1] else 0
+        self.agent_data = self._agents(agent_data, K2, state) if K2 else None
+        self.problem = Problem(
+            self.product_formulations,
+            self.product_data,
+            agent_formulation if K2 else None,
+            self.agent_data,
+            rc_types=rc_types,
+            costs_type=costs_type,
+            add_exogenous=False,
+            device=device,
+            dtype=dtype,
+        )
+        p = self.problem
+        self.T, self.N, self.K1, self.K2, self.K3, self.D, self.H = p.T, p.N, p.K1, p.K2, p.K3, p.D, p.H
+        self.rc_types = p.rc_types
+        self._parameters(beta, sigma, pi, gamma, rho)
+        self._errors(state, xi, omega, xi_variance, omega_variance, correlation)
+
+    # ------------------------------------------------------------------ data
+    def _products(self, frame: pd.DataFrame, state: np.random.RandomState) -> pd.DataFrame:
+        require_columns(frame, ["market_ids", "firm_ids"], "product_data")
+        frame = frame.copy()
+        N = len(frame)
+        codes = np.unique(frame["market_ids"].to_numpy(), return_inverse=True)[1].reshape(-1)
+        if "shares" not in frame.columns:
+            frame["shares"] = state.uniform(size=N) / np.bincount(codes)[codes]
+        if "prices" not in frame.columns:
+            frame["prices"] = state.uniform(size=N)
+        known = set(_RESERVED_PRODUCT) | set(numbered_columns(frame, "ownership"))
+        for formulation in self.product_formulations:
+            if formulation is None:
+                continue
+            for name in sorted(formulation.variables - known):
+                if name not in frame.columns:
+                    frame[name] = state.uniform(size=N)
+                known.add(name)
+        return frame
+
+    def _agents(self, agent_data: Any, K2: int, state: np.random.RandomState) -> pd.DataFrame:
+        markets = np.unique(self.product_data["market_ids"].to_numpy())
+        loaded = as_frame(agent_data, "agent_data") if agent_data is not None else None
+        if self.integration is not None:
+            agent_markets, nodes, weights = self.integration.build_many(K2, markets)
+        elif loaded is not None:
+            require_columns(loaded, ["market_ids", "weights"], "agent_data")
+            names = numbered_columns(loaded, "nodes")
+            if not names:
+                raise InvalidDataError("agent_data needs nodes0, nodes1, ... columns (or pass an integration).")
+            agent_markets = loaded["market_ids"].to_numpy()
+            nodes = loaded[names].to_numpy(dtype=np.float64)
+            weights = loaded["weights"].to_numpy(dtype=np.float64)
+        else:
+            raise SpecificationError("A simulation with X2 needs agent_data with nodes and weights or an integration.")
+        frame = pd.DataFrame({"market_ids": agent_markets, "weights": weights})
+        for k in range(nodes.shape[1]):
+            frame[f"nodes{k}"] = nodes[:, k]
+        if self.agent_formulation is not None:
+            for name in sorted(self.agent_formulation.variables - _RESERVED_AGENT):
+                if loaded is not None and name in loaded.columns:
+                    values = loaded[name].to_numpy()
+                    if self.integration is not None:
+                        values = _first_rows(values, loaded["market_ids"].to_numpy(), agent_markets, name)
+                    frame[name] = values
+                else:
+                    frame[name] = state.uniform(size=len(frame))
+        return frame
+
+    def _parameters(self, beta: Any, sigma: Any, pi: Any, gamma: Any, rho: Any) -> None:
+        self.beta = _vector("beta", beta, self.K1, required=True)
+        sigma_matrix = _matrix("sigma", sigma, (self.K2, self.K2))
+        self.sigma = np.tril(sigma_matrix)
+        self.pi = _matrix("pi", pi, (self.K2, self.D))
+        self.gamma = _vector("gamma", gamma, self.K3, required=self.K3 > 0)
+        if self.H:
+            if rho is None:
+                raise SpecificationError("rho must be given when product_data has nesting_ids.")
+            values = np.asarray(rho, dtype=np.float64).reshape(-1)
+            if values.size not in (1, self.H) or not np.isfinite(values).all():
+                raise SpecificationError(f"rho must be a scalar or have {self.H} finite elements, one per nest.")
+            self.rho = np.broadcast_to(values, (self.H,)).reshape(-1, 1).copy()
+        elif rho is not None and np.asarray(rho).size:
+            raise SpecificationError("rho was given, but product_data has no nesting_ids.")
+        else:
+            self.rho = np.zeros((0, 1))
+
+    def _errors(
+        self, state: np.random.RandomState, xi: Any, omega: Any, xi_variance: float, omega_variance: float, rho: float
+    ) -> None:
+        self.xi = None if xi is None else _vector("xi", xi, self.N, required=True).reshape(-1, 1)
+        self.omega = None if omega is None else _vector("omega", omega, self.N, required=True).reshape(-1, 1)
+        if self.xi is None and self.omega is None:
+            if not (xi_variance > 0 and omega_variance > 0 and -1 <= rho <= 1):
+                raise SpecificationError(
+                    "xi_variance and omega_variance must be positive and correlation in [-1, 1]; received "
+                    f"{xi_variance}, {omega_variance} and {rho}."
+                )
+            if self.K3:
+                covariance = rho * np.sqrt(xi_variance * omega_variance)
+                matrix = np.array([[xi_variance, covariance], [covariance, omega_variance]])
+                draws = state.multivariate_normal([0, 0], matrix, self.N, check_valid="ignore")
+                self.xi, self.omega = draws[:, [0]].copy(), draws[:, [1]].copy()
+            else:
+                self.xi = state.normal(0, np.sqrt(xi_variance), (self.N, 1))
+        if self.xi is None:
+            raise SpecificationError("xi must be given when omega is given.")
+        if self.K3 and self.omega is None:
+            raise SpecificationError("omega must be given with a supply side (X3) when xi is given.")
+
+    # ----------------------------------------------------------------- model
+    def _tensor(self, values: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(values), dtype=self.problem.dtype, device=self.problem.device)
+
+    def _demand(self) -> PriceDemand:
+        p = self.problem
+        model = DemandModel(p)
+        sigma, pi = self._tensor(self.sigma), self._tensor(self.pi)
+        beta = self._tensor(self.beta)
+        base = p.design.X1_raw @ self.beta + self.xi[:, 0]
+        return PriceDemand(
+            problem=p,
+            model=model,
+            coefficients=model.coefficients(sigma, pi),
+            rho=self._tensor(self.rho.reshape(-1)),
+            beta=beta,
+            base_delta=_pad(p, base),
+            base_prices=p.prices_padded,
+            linear=linear_in_prices(p),
+        )
+
+    def _ownership(self) -> Tensor:
+        if self.problem.ownership_padded is None:
+            raise InvalidDataError("Equilibrium prices need firm_ids (or ownership columns) in product_data.")
+        return self.problem.ownership_padded
+
+    def _rows(self, padded: Tensor) -> np.ndarray:
+        return self.problem.layout.unpad(padded.detach().cpu().numpy()).reshape(-1, 1)
+
+    def _true_costs(self) -> np.ndarray:
+        if not self.K3:
+            raise SpecificationError("costs must be given when X3 was not formulated.")
+        tilde = self.problem.X3_raw @ self.gamma + self.omega[:, 0]
+        return np.exp(tilde) if self.costs_type == "log" else tilde
+
+    # -------------------------------------------------------------- solving
+    def replace_endogenous(
+        self,
+        costs: Any = None,
+        prices: Any = None,
+        iteration: Iteration | None = None,
+        constant_costs: bool = True,
+        error_behavior: str = "raise",
+    ) -> SimulationResults:
+        """Replace prices and shares with the Bertrand-Nash equilibrium at the true parameters.
+
+        Every market iterates :math:`p \\leftarrow c + \\zeta(p)` at once (each stops on its own) until the change
+        in prices is at most ``atol``; shares, mean utilities and the first-order conditions are then evaluated at
+        the solution.
+
+        Parameters
+        ----------
+        costs : array-like, optional
+            Marginal costs :math:`c` (``N``); by default :math:`X_3\\gamma + \\omega` (exponentiated if
+            ``costs_type='log'``). Required without X3.
+        prices : array-like, optional
+            Starting prices; ``costs`` by default.
+        iteration : Iteration, optional
+            ``'simple'`` or ``'squarem'`` iteration of the zeta-markup equation (default
+            ``Iteration('simple', {'atol': 1e-12})``); ``'return'`` keeps the starting prices.
+        constant_costs : bool
+            Only ``True`` (costs held fixed) is supported.
+        error_behavior : {'raise', 'warn'}
+            Raise :class:`SimulationError` or warn when some market does not converge.
+        """
+        check_choice("error_behavior", error_behavior, ErrorBehavior)
+        if not constant_costs and any("shares" in label for label in self.problem.X3_labels):
+            raise SpecificationError("constant_costs=False (costs that move with shares) is not supported.")
+        start_time = time.perf_counter()
+        costs_rows = self._true_costs() if costs is None else _vector("costs", costs, self.N, required=True)
+        start_rows = costs_rows if prices is None else _vector("prices", prices, self.N, required=True)
+        iteration = iteration or Iteration("simple", {"atol": 1e-12})
+        demand = self._demand()
+        ownership = self._ownership()
+        c = _pad(self.problem, costs_rows)
+        start = _pad(self.problem, start_rows)
+        with torch.no_grad():
+            result = solve_equilibrium(demand, c, start, ownership, iteration)
+            prices_padded = result.values
+            probabilities, _, delta = demand.state(prices_padded)
+            shares = demand.shares(probabilities)
+            gradients = demand.profit_gradients(prices_padded, c, ownership)
+        self._check(result, error_behavior, "Equilibrium prices")
+        override = {"prices": self._rows(prices_padded)[:, 0], "shares": self._rows(shares)[:, 0]}
+        return SimulationResults(
+            self,
+            override,
+            delta=self._rows(delta),
+            costs=costs_rows.reshape(-1, 1),
+            result=result,
+            seconds=time.perf_counter() - start_time,
+            profit_gradients=self._rows(gradients),
+            profit_gradient_norms=gradients.abs().amax(dim=1).cpu().numpy().reshape(-1, 1),
+        )
+
+    def replace_exogenous(
+        self,
+        X1_name: str,
+        X3_name: str | None = None,
+        delta: Any = None,
+        iteration: Iteration | None = None,
+        error_behavior: str = "raise",
+    ) -> SimulationResults:
+        """Replace one exogenous characteristic in X1 (and one in X3) so that the data's prices and shares are an
+        equilibrium at the true parameters.
+
+        :math:`\\delta` solves :math:`s(\\delta) = S` in every market and :math:`v \\leftarrow v + (\\delta - \\xi -
+        X_1\\beta)/\\beta_v`; with a supply side :math:`\\tilde c = f(p - \\eta)` and :math:`w \\leftarrow w +
+        (\\tilde c - \\omega - X_3\\gamma)/\\gamma_w`.
+
+        Parameters
+        ----------
+        X1_name : str
+            An untransformed variable that appears once in X1 and nowhere else (not ``prices``).
+        X3_name : str, optional
+            The same for X3 (not ``shares``); required with a supply side.
+        delta : array-like, optional
+            Starting mean utilities (the logit solution by default).
+        iteration : Iteration, optional
+            How the inversion is solved (default ``Iteration('squarem', {'atol': 1e-14})``).
+        error_behavior : {'raise', 'warn'}
+            Raise :class:`SimulationError` or warn when some market's inversion does not converge.
+        """
+        check_choice("error_behavior", error_behavior, ErrorBehavior)
+        p = self.problem
+        start_time = time.perf_counter()
+        X1_index = self._replaceable(X1_name, 0, self.beta, "X1_name", "prices")
+        X3_index = None
+        if self.K3:
+            X3_index = self._replaceable(X3_name, 2, self.gamma, "X3_name", "shares")
+        iteration = iteration or Iteration("squarem", {"atol": 1e-14})
+        model = DemandModel(p)
+        sigma, pi, rho = self._tensor(self.sigma), self._tensor(self.pi), self._tensor(self.rho.reshape(-1))
+        start = p.logit_delta if delta is None else _pad(p, _vector("delta", delta, self.N, required=True))
+        with torch.no_grad():
+            inversion = model.invert(sigma, pi, rho, start, iteration.method, iteration.options)
+            delta_rows = self._rows(inversion.delta)[:, 0]
+            override = {}
+            X1 = p.design.X1_raw
+            override[X1_name] = X1[:, X1_index] + (delta_rows - self.xi[:, 0] - X1 @ self.beta) / self.beta[X1_index]
+            costs_rows = None
+            if X3_index is not None:
+                markups = SupplyModel(p, model).markups(inversion.delta, sigma, pi, rho, self._tensor(self.beta))
+                costs_rows = self._rows(p.prices_padded - markups)[:, 0]
+                with np.errstate(all="ignore"):
+                    tilde = np.log(costs_rows) if self.costs_type == "log" else costs_rows
+                X3 = p.X3_raw
+                override[X3_name] = (
+                    X3[:, X3_index] + (tilde - self.omega[:, 0] - X3 @ self.gamma) / self.gamma[X3_index]
+                )
+        self._check(inversion.result, error_behavior, "The inversion for delta")
+        return SimulationResults(
+            self,
+            override,
+            delta=delta_rows.reshape(-1, 1),
+            costs=None if costs_rows is None else costs_rows.reshape(-1, 1),
+            result=inversion.result,
+            seconds=time.perf_counter() - start_time,
+        )
+
+    def _replaceable(self, name: Any, which: int, parameters: np.ndarray, argument: str, endogenous: str) -> int:
+        """Column of ``name`` in X1 (``which=0``) or X3 (``2``), checked as PyBLP checks it."""
+        p = self.problem
+        labels = p.design.X1_labels if which == 0 else p.X3_labels
+        matrix = "X1" if which == 0 else "X3"
+        if not isinstance(name, str) or name not in labels:
+            raise SpecificationError(f"{argument} must be an untransformed variable in the formulation for {matrix}.")
+        if name == endogenous:
+            raise SpecificationError(f"{argument} must be an exogenous variable, not {endogenous!r}.")
+        depends = np.any(self.product_formulations[which].derivative_matrix(p.products, name) != 0, axis=0)
+        if int(depends.sum()) > 1:
+            raise SpecificationError(f"{argument} {name!r} must appear only once in the formulation for {matrix}.")
+        others = [f for k, f in enumerate(self.product_formulations) if k != which and f is not None]
+        if any(name in f.variables for f in others):
+            raise SpecificationError(f"{argument} {name!r} must appear only in the formulation for {matrix}.")
+        index = labels.index(name)
+        if parameters[index] == 0:
+            raise SpecificationError(f"The parameter on {argument} {name!r} cannot be zero.")
+        return index
+
+    def _check(self, result: FixedPointResult, error_behavior: str, what: str) -> None:
+        failed = ~result.converged
+        if not bool(failed.any()):
+            return
+        markets = [self.problem.layout.market_ids[t] for t in torch.nonzero(failed).flatten().tolist()]
+        message = (
+            f"{what} did not converge in {len(markets)} market(s): {markets[:10]}. Try more iterations or a more "
+            "negative price coefficient."
+        )
+        if error_behavior == "raise":
+            raise SimulationError(message)
+        warnings.warn(message + " The last iterate is kept.", ConvergenceWarning, stacklevel=3)
+
+    def __str__(self) -> str:
+        lines = [
+            "Simulation:",
+            f"  T = {self.T}, N = {self.N}, K1 = {self.K1}, K2 = {self.K2}, K3 = {self.K3}, D = {self.D}, H = {self.H}",
+            f"  X1: {self.product_formulations[0]}  beta = {np.array2string(self.beta, precision=4)}",
+        ]
+        if self.K2:
+            lines.append(f"  X2: {self.product_formulations[1]}  sigma = {self.sigma.tolist()}")
+            if self.D:
+                lines.append(f"  d: {self.agent_formulation}  pi = {self.pi.tolist()}")
+        if self.K3:
+            lines.append(f"  X3: {self.product_formulations[2]}  gamma = {np.array2string(self.gamma, precision=4)}")
+        if self.H:
+            lines.append(f"  rho = {self.rho.reshape(-1).tolist()}")
+        return "\n".join(lines)
+
+
+def _first_rows(values: np.ndarray, loaded: np.ndarray, built: np.ndarray, name: str) -> np.ndarray:
+    """The first ``I_t`` loaded values of each market, to match ``I_t`` integration-built agents."""
+    built_layout = Layout.build(built)
+    loaded_layout = Layout.build(loaded, built_layout.market_ids)
+    short = loaded_layout.sizes < built_layout.sizes
+    if short.any():
+        t = int(np.argmax(short))
+        raise InvalidDataError(
+            f"agent_data has too few rows of {name!r} in market {built_layout.market_ids[t]!r} for the integration's "
+            f"{built_layout.sizes[t]} agents."
+        )
+    padded = loaded_layout.pad(values)[:, : built_layout.mask.shape[1]]
+    return built_layout.unpad(padded)
+
+
+def _vector(name: str, value: Any, size: int, required: bool) -> np.ndarray:
+    if value is None:
+        if required and size:
+            raise SpecificationError(f"{name} must be given as a vector with {size} elements.")
+        return np.zeros(size)
+    vector = np.asarray(value, dtype=np.float64).reshape(-1)
+    if vector.size != size:
+        raise SpecificationError(f"{name} must have {size} elements; received {vector.size}.")
+    if not np.isfinite(vector).all():
+        raise SpecificationError(f"{name} has NaN or infinite values.")
+    return vector
+
+
+def _matrix(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray:
+    if value is None:
+        if shape[0] * shape[1]:
+            raise SpecificationError(f"{name} must be given as a {shape[0]} by {shape[1]} matrix.")
+        return np.zeros(shape)
+    matrix = np.atleast_2d(np.asarray(value, dtype=np.float64))
+    if shape[0] * shape[1] == 0:
+        if matrix.size:
+            raise SpecificationError(f"{name} was given, but the simulation has no parameters of that kind.")
+        return np.zeros(shape)
+    if matrix.shape != shape:
+        raise SpecificationError(f"{name} must be {shape[0]} by {shape[1]}; received shape {matrix.shape}.")
+    if not np.isfinite(matrix).all():
+        raise SpecificationError(f"{name} has NaN or infinite values.")
+    return matrix
+
+
+# -------------------------------------------------------------------------------------------- results
+
+
+class SimulationResults:
+    """A solved simulation (PyBLP's ``SimulationResults``).
+
+    Attributes
+    ----------
+    simulation : Simulation
+        The simulation that was solved.
+    product_data : DataFrame
+        :attr:`Simulation.product_data` with prices and shares (or the exogenous characteristics) replaced.
+    delta, costs : ndarray
+        ``N x 1`` mean utilities and marginal costs at the solution.
+    fp_converged, fp_iterations, contraction_evaluations : ndarray
+        Per market (sorted market order): convergence, iterations and evaluations of the fixed point.
+    profit_gradients : ndarray or None
+        ``N x 1`` first-order conditions :math:`\\partial \\pi_f/\\partial p_j` at the equilibrium (zero at an
+        exact equilibrium), from :meth:`Simulation.replace_endogenous`.
+    profit_gradient_norms : ndarray or None
+        ``T x 1`` infinity norms of the profit gradients in each market.
+    computation_time : float
+        Seconds spent solving.
+    """
+
+    def __init__(
+        self,
+        simulation: Simulation,
+        override: dict[str, np.ndarray],
+        delta: np.ndarray,
+        costs: np.ndarray | None,
+        result: FixedPointResult,
+        seconds: float,
+        profit_gradients: np.ndarray | None = None,
+        profit_gradient_norms: np.ndarray | None = None,
+    ) -> None:
+        self.simulation = simulation
+        self.product_data = simulation.product_data.assign(**override)
+        self.delta = delta
+        self.costs = costs
+        self.computation_time = seconds
+        self.fp_converged = result.converged.cpu().numpy().astype(bool)
+        self.fp_iterations = result.iterations.cpu().numpy().astype(np.int64)
+        self.contraction_evaluations = result.evaluations.cpu().numpy().astype(np.int64)
+        self.profit_gradients = profit_gradients
+        self.profit_gradient_norms = profit_gradient_norms
+
+    def __str__(self) -> str:
+        lines = [
+            "Simulation Results:",
+            f"  computation time: {self.computation_time:.3f} s, "
+            f"fixed point failures: {int((~self.fp_converged).sum())}, "
+            f"iterations: {int(self.fp_iterations.sum())}, evaluations: {int(self.contraction_evaluations.sum())}",
+        ]
+        if self.profit_gradient_norms is not None:
+            lines.append(f"  max norm of profit gradients: {float(np.max(self.profit_gradient_norms)):.3e}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results' arrays by name (``product_data`` as a DataFrame)."""
+        names = ("product_data", "delta", "costs", "computation_time", "fp_converged", "fp_iterations")
+        names += ("contraction_evaluations", "profit_gradients", "profit_gradient_norms")
+        return {name: getattr(self, name) for name in names}
+
+    def default_instruments(self) -> tuple[np.ndarray, np.ndarray]:
+        """PyBLP's default excluded instruments: BLP sums of the exogenous X1 (X3) variables, plus a constant when
+        the number of products varies across markets, with constant columns dropped, and supply (demand) shifters.
+        """
+        from .instruments import build_blp_instruments
+
+        simulation = self.simulation
+        data = simulation.product_data
+        X1_names = simulation.product_formulations[0].variables - {"prices"}
+        X3_formulation = simulation.product_formulations[2]
+        X3_names = X3_formulation.variables - {"shares"} if X3_formulation is not None else set()
+        sizes = simulation.problem.layout.sizes
+        intercept = "1" if bool((sizes < sizes.max()).any()) else "0"
+        N = simulation.N
+        demand, supply = np.zeros((N, 0)), np.zeros((N, 0))
+        if X1_names or intercept == "1":
+            demand = build_blp_instruments(Formulation(" + ".join([intercept, *sorted(X1_names)])), data)
+            demand = demand[:, (demand != demand[0]).any(axis=0)]
+        if simulation.K3 and (X3_names or intercept == "1"):
+            supply = build_blp_instruments(Formulation(" + ".join([intercept, *sorted(X3_names)])), data)
+            supply = supply[:, (supply != supply[0]).any(axis=0)]
+        if X3_names - X1_names:
+            shifters = Formulation(" + ".join(["0", *sorted(X3_names - X1_names)])).build_matrix(data)[0]
+            demand = np.column_stack([demand, shifters])
+        if simulation.K3 and X1_names - X3_names:
+            shifters = Formulation(" + ".join(["0", *sorted(X1_names - X3_names)])).build_matrix(data)[0]
+            supply = np.column_stack([supply, shifters])
+        return demand, supply
+
+    def to_problem(
+        self,
+        product_formulations: Any = None,
+        product_data: Any = None,
+        agent_formulation: Formulation | None = None,
+        agent_data: Any = None,
+        integration: Integration | None = None,
+        rc_types: Any = None,
+        costs_type: str | None = None,
+        add_exogenous: bool = True,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Problem:
+        """The solved simulation as a :class:`~demandkit.problem.Problem` ready to solve.
+
+        Arguments default to the simulation's; ``product_data`` defaults to :attr:`product_data` with
+        :meth:`default_instruments` as ``demand_instruments0..`` and ``supply_instruments0..``.
+        """
+        simulation = self.simulation
+        if product_data is None:
+            demand, supply = self.default_instruments()
+            frame = self.product_data.drop(
+                columns=numbered_columns(self.product_data, "demand_instruments")
+                + numbered_columns(self.product_data, "supply_instruments")
+            )
+            columns = {f"demand_instruments{k}": demand[:, k] for k in range(demand.shape[1])}
+            columns.update({f"supply_instruments{k}": supply[:, k] for k in range(supply.shape[1])})
+            product_data = frame.assign(**columns)
+        formulations = simulation.product_formulations if product_formulations is None else product_formulations
+        return Problem(
+            formulations,
+            product_data,
+            simulation.agent_formulation if agent_formulation is None else agent_formulation,
+            simulation.agent_data if agent_data is None and integration is None else agent_data,
+            integration,
+            rc_types=simulation.rc_types if rc_types is None else rc_types,
+            costs_type=simulation.costs_type if costs_type is None else costs_type,
+            add_exogenous=add_exogenous,
+            device=str(simulation.problem.device) if device is None else device,
+            dtype=simulation.problem.dtype if dtype is None else dtype,
+        )
