@@ -124,3 +124,31 @@ def test_singular_weighting_matrix_warns_when_used():
     problem = dk.Problem(dk.Formulation("1 + prices + x"), products)
     with pytest.warns(dk.exceptions.ConvergenceWarning, match="singular"):
         problem.solve(method="2s", W_type="clustered")
+
+
+def test_float32_accuracy_bound():
+    """float32 (a GPU option) with a float32-sized tolerance stays within 1e-4 of float64 at the same parameters."""
+    products, agents = simulate(T=8, J=6, I=50, seed=15)
+    products = products.drop(columns="nesting_ids")
+    sigma, pi = np.diag([0.0, 0.7]), np.array([[0.0], [0.3]])
+    results = {}
+    for dtype, atol in ((torch.float64, 1e-14), (torch.float32, 1e-5)):
+        problem = dk.Problem(
+            (dk.Formulation("1 + prices + x"), dk.Formulation("1 + x")),
+            products,
+            dk.Formulation("0 + income"),
+            agents,
+            dtype=dtype,
+        )
+        results[dtype] = problem.solve(
+            sigma,
+            pi,
+            optimization=dk.Optimization("return"),
+            method="1s",
+            iteration=dk.Iteration("squarem", {"atol": atol}),
+        )
+        assert results[dtype].fp_converged.all()
+    double, single = results[torch.float64], results[torch.float32]
+    np.testing.assert_allclose(single.objective, double.objective, rtol=1e-4)
+    np.testing.assert_allclose(single.beta, double.beta, rtol=1e-4)
+    np.testing.assert_allclose(single.delta, double.delta, rtol=1e-4, atol=1e-4)
