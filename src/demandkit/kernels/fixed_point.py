@@ -181,9 +181,10 @@ class ImplicitInversion(torch.autograd.Function):
             with torch.enable_grad():
                 inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
                 output = ctx.residual(delta, *inputs)
-                found = torch.autograd.grad(
-                    output, [inputs[i] for i in wanted], grad_outputs=-adjoint, allow_unused=True
-                )
+                # the vector-Jacobian product as the gradient of a scalar: passing ``grad_outputs`` instead makes
+                # torch import sympy on first use (about a second of every fresh process)
+                pairing = -(output * adjoint).sum()
+                found = torch.autograd.grad(pairing, [inputs[i] for i in wanted], allow_unused=True)
             for i, g in zip(wanted, found, strict=True):
                 grads[i] = g
         return (None, None, None, *grads)
