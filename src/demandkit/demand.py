@@ -58,14 +58,17 @@ class DemandModel:
             self.nodes = p.nodes_padded
             self.demographics = p.demographics_padded
             self.weights = p.agent_weights
+            # log-space sums need positive weights; sparse grids have negative ones, summed directly instead
+            self.signed_weights = bool((p.agent_weights[p.agent_mask] <= 0).any())
             self.log_weights = torch.where(
-                p.agent_mask, torch.log(torch.where(p.agent_mask, p.agent_weights, 1.0)), MASKED
+                p.agent_mask, torch.log(torch.where(p.agent_mask, p.agent_weights.abs(), 1.0)), MASKED
             )
         else:
             self.nodes = self.demographics = None
             T = self.mask.shape[0]
             self.weights = torch.ones((T, 1), dtype=p.dtype, device=p.device)
             self.log_weights = torch.zeros((T, 1), dtype=p.dtype, device=p.device)
+            self.signed_weights = False
 
     # ----------------------------------------------------------- primitives
     def nodes_for(self, sigma: Tensor) -> Tensor:
@@ -98,12 +101,19 @@ class DemandModel:
         return compute_probabilities(agent_utilities(delta, mu, self.mask), self.nesting, nested_rho)
 
     def log_shares(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Tensor:
-        return log_shares(self.probabilities(delta, mu, rho), self.log_weights)
+        return self.integrate(self.probabilities(delta, mu, rho))
+
+    def integrate(self, probabilities: Probabilities) -> Tensor:
+        """Log shares :math:`\\log\\sum_i w_i P_{ij}` from choice probabilities (weights of either sign)."""
+        if self.signed_weights:
+            shares = (torch.exp(probabilities.log_probabilities) * self.weights.unsqueeze(1)).sum(-1)
+            return torch.log(torch.where(self.mask, shares, 1.0))
+        return log_shares(probabilities, self.log_weights)
 
     def log_share_jacobian(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Tensor:
         """:math:`\\partial \\log s / \\partial \\delta`, ``[T, J, J]``, identity on padded slots."""
         probabilities = self.probabilities(delta, mu, rho)
-        shares = torch.exp(log_shares(probabilities, self.log_weights))
+        shares = torch.exp(self.integrate(probabilities))
         jacobian = share_jacobian(probabilities, self.weights, self.mask, self.nesting)
         both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
         eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device).expand_as(jacobian)

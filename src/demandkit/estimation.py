@@ -300,7 +300,7 @@ def solve(
     initial_update : bool
         Update ``W`` at the starting values before the first step.
     optimization : Optimization, optional
-        Default ``Optimization('l-bfgs-b', {'gtol': 1e-8})``.
+        Default ``Optimization('l-bfgs-b', {'ftol': 0, 'gtol': 1e-8})``, PyBLP's.
     iteration : Iteration, optional
         Default ``Iteration('squarem', {'atol': 1e-14})``.
     costs_bounds : tuple, optional
@@ -327,7 +327,7 @@ def solve(
     check_choice("delta_behavior", delta_behavior, DeltaBehavior)
     if "clustered" in (W_type, se_type) and problem.clustering_codes is None:
         raise SpecificationError("W_type or se_type 'clustered' needs a clustering_ids column in product_data.")
-    optimization = optimization or Optimization()
+    optimization = optimization or Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8})  # PyBLP's default
     iteration = iteration or Iteration()
     space = ParameterSpace.build(
         sigma,

@@ -78,7 +78,7 @@ class FRACResults:
         Free elements keep the pattern given to :func:`estimate`; an element that FRAC puts at zero (a negative
         variance) becomes ``floor`` so that it stays free (a zero starting value would fix it at zero).
         """
-        sigma = np.where(self.sigma_pattern & (np.abs(self.sigma) < floor * 1e-3), floor, self.sigma)
+        sigma = np.where(self.sigma_pattern & (self.sigma == 0), floor, self.sigma)
         pi = np.where(self.pi_pattern & (self.pi == 0), floor, self.pi)
         return {"sigma": np.where(self.sigma_pattern, sigma, 0.0), "pi": np.where(self.pi_pattern, pi, 0.0)}
 

@@ -29,9 +29,9 @@ solves :math:`\\log s(\\delta, \\theta) = \\log s^{(r)}`, so for a direction :ma
     \\dot\\omega = -\\frac{\\partial \\tilde c}{\\partial c}\\,
     \\dot\\eta(\\delta, \\theta)[\\dot\\delta, v] - X_3\\dot\\gamma,
 
-with the share derivative a forward-mode product through :class:`~demandkit.demand.DemandModel`, the batched
-share Jacobian from the same model (one solve per market) and the markups :math:`\\eta` differentiated forward
-through :class:`~demandkit.supply.SupplyModel`; one pass per parameter, all markets at once. The Jacobians hold
+with the directional derivatives of the log shares (through :class:`~demandkit.demand.DemandModel`) and of the
+markups :math:`\\eta` (through :class:`~demandkit.supply.SupplyModel`) by autograd, the batched share Jacobian from
+the same model (one solve per market); one pass per parameter, all markets at once. The Jacobians hold
 :math:`\\beta` and :math:`\\gamma` fixed and are not residualized on absorbed fixed effects, as PyBLP's.
 """
 
@@ -46,7 +46,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from .demand import DemandModel
 from .exceptions import InvalidDataError, SpecificationError
@@ -330,7 +329,7 @@ class _State:
         with torch.no_grad():
             matrix = model.log_share_jacobian(delta, model.mu(self.sigma, self.pi), self.rho)
         eye = torch.eye(P, dtype=p.dtype, device=p.device)
-        for k in range(P):  # one forward pass per parameter, every market at once
+        for k in range(P):  # one directional derivative per parameter, every market at once
             direction = eye[k]
             share_tangent = _jvp(log_shares, (self.theta,), (direction,))
             delta_tangent = -torch.linalg.solve(matrix, share_tangent.unsqueeze(-1)).squeeze(-1)
@@ -347,11 +346,21 @@ class _State:
 
 
 def _jvp(function: Any, primals: tuple[Tensor, ...], tangents: tuple[Tensor, ...]) -> Tensor:
-    """Forward-mode derivative of ``function`` at ``primals`` in the direction ``tangents``."""
-    with forward_ad.dual_level():
-        duals = [forward_ad.make_dual(x, v) for x, v in zip(primals, tangents, strict=True)]
-        output = forward_ad.unpack_dual(function(*duals))
-    return torch.zeros_like(output.primal) if output.tangent is None else output.tangent
+    """Directional derivative of ``function`` at ``primals`` along ``tangents`` by reverse-over-reverse autograd.
+
+    With :math:`g(u) = J'u` from one backward pass (built with ``create_graph``), :math:`Jv = \\nabla_u (g(u)'v)`;
+    this needs only reverse mode (no forward-mode decompositions to load) and is exact.
+    """
+    with torch.enable_grad():
+        inputs = [x.detach().requires_grad_(True) for x in primals]
+        output = function(*inputs)
+        u = torch.zeros_like(output, requires_grad=True)
+        vjps = torch.autograd.grad(output, inputs, grad_outputs=u, create_graph=True, allow_unused=True)
+        total = sum((g * v).sum() for g, v in zip(vjps, tangents, strict=True) if g is not None)
+        if not isinstance(total, Tensor) or not total.requires_grad:
+            return torch.zeros_like(output).detach()
+        (derivative,) = torch.autograd.grad(total, u)
+    return derivative.detach()
 
 
 def _realized_problem(problem: Any, demand: PriceDemand, prices: Tensor, shares: Tensor) -> Any:
@@ -422,6 +431,10 @@ class OptimalInstrumentResults:
             f"{int(self.fp_iterations.sum())} fixed-point iterations, "
             f"{self.demand_instruments.shape[1]} demand and {self.supply_instruments.shape[1]} supply instruments"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results' arrays by name (everything but ``problem_results``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "problem_results"}
 
     @property
     def supply_shifters(self) -> list[str]:

@@ -272,7 +272,8 @@ class Problem:
             agent_markets = frame["market_ids"].to_numpy()
             nodes = frame[node_names].to_numpy(dtype=np.float64)[:, : self.K2]
             weights = frame["weights"].to_numpy(dtype=np.float64)
-        check_weights(weights, agent_markets)
+        if self.integration is None:  # quadrature rules (sparse grids) may carry negative weights by design
+            check_weights(weights, agent_markets)
         self.agent_layout = Layout.build(agent_markets, markets)
         self.agent_market_ids = agent_markets
         self.nodes = nodes

@@ -40,7 +40,8 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
     gradient : ndarray
         ``P x 1`` gradient of the objective with respect to :math:`\\theta`.
     delta, xi : ndarray
-        ``N x 1`` mean utilities (after absorbing fixed effects) and structural errors.
+        ``N x 1`` mean utilities (fixed effects included, so that they reproduce the shares) and
+        structural errors.
     W, updated_W : ndarray
         The weighting matrix of the last step and the one a further step would use.
     converged : bool
@@ -76,7 +77,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
         evaluation = last.evaluation
         theta = evaluation.theta
         sigma, pi, rho = (_numpy(m) for m in space.unpack(torch.as_tensor(theta, dtype=torch.float64)))
-        self.theta = theta.reshape(-1, 1)
+        self.theta = theta.copy()
         self.theta_labels = list(space.labels)
         self.sigma, self.pi = sigma, pi
         self.rho = rho.reshape(-1, 1)
@@ -93,7 +94,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
         self.projected_gradient = _project(evaluation.gradient, theta, space).reshape(-1, 1)
         self.gradient_norm = float(np.max(np.abs(self.projected_gradient))) if theta.size else 0.0
         self._delta_padded = evaluation.delta
-        self.delta = _numpy(evaluation.delta_rows).reshape(-1, 1)
+        self.delta = _numpy(problem.layout.unpad(evaluation.delta)).reshape(-1, 1)  # before absorption
         self.xi = _numpy(evaluation.xi).reshape(-1, 1)
         self.W = _numpy(last.W)
         self.updated_W = _numpy(updated_W)
@@ -104,10 +105,15 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
         self.fp_converged = _numpy(evaluation.converged.double()).astype(bool).reshape(-1, 1)
         self.optimization_time = sum(s.optimization.seconds for s in steps)
         self.total_time = seconds
-        self.optimization_iterations = sum(s.optimization.iterations for s in steps)
-        self.objective_evaluations = sum(s.stats.evaluations for s in steps)
-        self.fp_iterations = sum(s.stats.fp_iterations for s in steps)
-        self.contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
+        # counts of the last step, and cumulative_* over every step (PyBLP's convention)
+        self.optimization_iterations = last.optimization.iterations
+        self.objective_evaluations = last.stats.evaluations
+        self.fp_iterations = last.stats.fp_iterations
+        self.contraction_evaluations = last.stats.contraction_evaluations
+        self.cumulative_optimization_iterations = sum(s.optimization.iterations for s in steps)
+        self.cumulative_objective_evaluations = sum(s.stats.evaluations for s in steps)
+        self.cumulative_fp_iterations = sum(s.stats.fp_iterations for s in steps)
+        self.cumulative_contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
         self.fp_failures = sum(s.stats.fp_failures for s in steps)
         self.clipped_shares = 0
         self.trace = [list(s.optimization.trace) for s in steps]

@@ -73,10 +73,10 @@ def format_results(results: Any) -> str:
             [
                 [
                     f"{results.total_time:.2f} s",
-                    str(results.optimization_iterations),
-                    str(results.objective_evaluations),
-                    str(results.fp_iterations),
-                    str(results.contraction_evaluations),
+                    str(results.cumulative_optimization_iterations),
+                    str(results.cumulative_objective_evaluations),
+                    str(results.cumulative_fp_iterations),
+                    str(results.cumulative_contraction_evaluations),
                 ]
             ],
         ),
