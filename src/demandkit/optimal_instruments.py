@@ -54,7 +54,7 @@ from .iteration import Iteration
 from .options import check_choice
 from .simulation import PriceDemand, linear_in_prices, solve_equilibrium
 from .supply import SupplyModel
-from .validation import check_full_rank, numbered_columns
+from .validation import as_frame, check_full_rank, numbered_columns
 
 OptimalMethod = Literal["approximate", "normal", "empirical"]
 
@@ -478,7 +478,7 @@ class OptimalInstrumentResults:
         results = self.problem_results
         p = results.problem
         space = results._space
-        data = p.products if product_data is None else pd.DataFrame(product_data)
+        data = p.products if product_data is None else as_frame(product_data, "product_data")
         if not p.K3 and (supply_shifter_formulation is not None or demand_shifter_formulation is not None):
             raise SpecificationError("Without a supply side, shifter formulations must be None.")
         dropped = np.zeros(space.P, dtype=bool)

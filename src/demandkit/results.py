@@ -126,6 +126,15 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
         self.clipped_costs = int(evaluation.clipped_costs)
         self.first_stage = first_stage(problem)
 
+    def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> Any:
+        """Chamberlain (1987) optimal instruments.
+
+        See :func:`demandkit.optimal_instruments.compute_optimal_instruments` for the arguments.
+        """
+        from .optimal_instruments import compute_optimal_instruments
+
+        return compute_optimal_instruments(self, *args, **kwargs)
+
     # --------------------------------------------------------------- tables
     def to_frame(self) -> pd.DataFrame:
         """One row per estimated parameter: name, estimate, standard error."""
