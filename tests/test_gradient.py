@@ -10,6 +10,18 @@ from demandkit.estimation import EvaluationStats, GMMObjective
 from demandkit.kernels.gmm import invert
 from demandkit.parameters import ParameterSpace
 
+
+def assert_matches_finite_differences(objective, theta, gradient, labels):
+    """Central differences of the objective agree with the autograd gradient to 1e-6 (relative)."""
+    for p in range(theta.size):
+        h = 1e-5 * max(1.0, abs(theta[p]))
+        up, down = theta.copy(), theta.copy()
+        up[p] += h
+        down[p] -= h
+        numeric = (objective(up)[0] - objective(down)[0]) / (2 * h)
+        assert abs(gradient[p] - numeric) <= 1e-6 * max(1.0, abs(numeric)), (labels[p], gradient[p], numeric)
+
+
 CASES = {
     "rc_demographics": dict(nested=False, absorb=None, rc_types=None),
     "rcnl": dict(nested=True, absorb=None, rc_types=None),
@@ -58,13 +70,7 @@ def test_gradient_matches_finite_differences(case):
     theta = space.theta0
     value, gradient = objective(theta)
     assert np.isfinite(value) and gradient.shape == theta.shape
-    for p in range(theta.size):
-        h = 1e-5 * max(1.0, abs(theta[p]))
-        up, down = theta.copy(), theta.copy()
-        up[p] += h
-        down[p] -= h
-        numeric = (objective(up)[0] - objective(down)[0]) / (2 * h)
-        assert abs(gradient[p] - numeric) <= 1e-6 * max(1.0, abs(numeric)), (space.labels[p], gradient[p], numeric)
+    assert_matches_finite_differences(objective, theta, gradient, space.labels)
 
 
 @pytest.mark.parametrize("method", ["squarem", "simple", "newton"])
@@ -143,13 +149,7 @@ def test_supply_gradient_matches_finite_differences(costs_type):
     theta = space.theta0
     value, gradient = objective(theta)
     assert np.isfinite(value) and space.labels == ["sigma[x, x]", "beta[prices]"]
-    for p in range(theta.size):
-        h = 1e-5 * max(1.0, abs(theta[p]))
-        up, down = theta.copy(), theta.copy()
-        up[p] += h
-        down[p] -= h
-        numeric = (objective(up)[0] - objective(down)[0]) / (2 * h)
-        assert abs(gradient[p] - numeric) <= 1e-6 * max(1.0, abs(numeric)), (space.labels[p], gradient[p], numeric)
+    assert_matches_finite_differences(objective, theta, gradient, space.labels)
 
 
 def test_supply_needs_price_coefficient_and_firms():
