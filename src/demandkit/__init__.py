@@ -6,6 +6,7 @@ from .formulation import Formulation
 from .instruments import build_blp_instruments, build_differentiation_instruments, build_id_data
 from .integration import Integration
 from .iteration import Iteration
+from .mixed_logit import MixedLogit, MixedLogitResults
 from .optimal_instruments import OptimalInstrumentResults
 from .optimization import Optimization
 from .problem import Problem
@@ -18,6 +19,8 @@ __all__ = [
     "Formulation",
     "Integration",
     "Iteration",
+    "MixedLogit",
+    "MixedLogitResults",
     "Optimization",
     "Problem",
     "ProblemResults",

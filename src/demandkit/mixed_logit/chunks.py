@@ -7,8 +7,8 @@ each chunk holds its own padded tensors (so a long panel only pads the chunk it 
 Two layouts serve different kernels:
 
 - :class:`DifferenceChunk` for the analytic kernel: covariates of the non-chosen alternatives minus those of
-  the chosen one, :math:`\\tilde x_{itj} = x_{itj} - x_{i t y_{it}}`, as ``[n, J' T, K + 1]`` with rows ordered
-  alternative-major (``j * T + t``) and a last *mask column* that is 0 for real entries and :math:`-\\infty`
+  the chosen one, :math:`\\tilde x_{itj} = x_{itj} - x_{i t y_{it}}`, as ``[n, T J', K + 1]`` with rows ordered
+  situation-major (``t * J' + j``) and a last *mask column* that is 0 for real entries and :math:`-\\infty`
   for padding, so that with a coefficient of one the padded utilities are :math:`-\\infty` and their
   exponentials exactly zero.
 - :class:`FullChunk` for the differentiable kernel, prediction and post-estimation: all alternatives,
@@ -28,17 +28,33 @@ from torch import Tensor
 from .data import Panel
 
 #: a chunk's largest tensor on the CPU stays near this many elements, so the kernel's passes run in cache
-CPU_CHUNK_ELEMENTS = 1 << 21
+CPU_CHUNK_ELEMENTS = 1 << 19
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Individuals (indices into the panel's individuals) of each chunk, in sorted-by-length order."""
+    """Chunks as consecutive ranges of one ordering of the individuals (longest panels first).
 
-    members: tuple[np.ndarray, ...]
+    Every plan of a panel shares :func:`individual_order`, so data laid out in that order (the draws) is
+    sliced, not gathered, whatever the chunk sizes.
+    """
+
+    order: np.ndarray  # [I] panel individual indices, longest panels first
+    bounds: tuple[tuple[int, int], ...]  # [start, stop) positions in ``order`` of each chunk
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.bounds)
+
+    @property
+    def members(self) -> tuple[np.ndarray, ...]:
+        """Panel individual indices of each chunk."""
+        return tuple(self.order[a:b] for a, b in self.bounds)
+
+
+def individual_order(panel: Panel) -> np.ndarray:
+    """Individuals by decreasing panel length, then decreasing largest situation, then index."""
+    I = panel.n_individuals
+    return np.lexsort((np.arange(I), -panel.n_alternatives, -panel.n_situations))
 
 
 def available_memory(device: torch.device) -> int:
@@ -52,28 +68,48 @@ def available_memory(device: torch.device) -> int:
         return 2 << 30
 
 
-def element_budget(device: torch.device, dtype: torch.dtype, copies: int, fraction: float = 0.5) -> int:
-    """How many elements the largest per-chunk tensor may have when ``copies`` such tensors are alive.
-
-    The budget is ``fraction`` of the free memory shared by ``copies`` tensors; on the CPU it is also capped at
-    :data:`CPU_CHUNK_ELEMENTS` so that chunks stay cache-friendly.
-    """
+def element_budget(device: torch.device, dtype: torch.dtype, fraction: float = 0.5) -> int:
+    """How many elements all of a chunk's tensors together may hold: ``fraction`` of the free memory."""
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    budget = int(fraction * available_memory(device) / (copies * itemsize))
-    if device.type != "cuda":
-        budget = min(budget, CPU_CHUNK_ELEMENTS)
-    return max(budget, 1)
+    return max(int(fraction * available_memory(device) / itemsize), 1)
 
 
-def plan_chunks(panel: Panel, draws: int, budget: int, chunk_size: int | None = None) -> ChunkPlan:
-    """Sort individuals by panel size and cut them into chunks of at most ``budget`` padded elements.
+def plan_chunks(
+    panel: Panel,
+    draws: int,
+    budget: int,
+    copies: float,
+    extra: int = 0,
+    cap: int | None = None,
+    chunk_size: int | None = None,
+) -> ChunkPlan:
+    """Sort individuals by panel size and cut them into chunks that fit ``budget`` elements.
 
-    A chunk of ``n`` individuals pads to its longest panel :math:`T` and largest situation :math:`J`, so it
-    costs :math:`n R T J` elements. ``chunk_size`` fixes ``n`` instead.
+    A chunk of ``n`` individuals pads to its longest panel :math:`T` and largest situation :math:`J`; it holds
+    ``copies`` tensors of :math:`n R T J` elements and ``extra`` more elements per individual and draw, so it
+    costs :math:`n R (c T J + e)`. On the CPU, ``cap`` also bounds :math:`n R T J` (cache-sized chunks).
+    ``chunk_size`` fixes ``n`` instead.
+
+    Parameters
+    ----------
+    panel : Panel
+        The validated rows.
+    draws : int
+        Draws per individual :math:`R`.
+    budget : int
+        Elements a chunk may use in all (see :func:`element_budget`).
+    copies : float
+        Live ``[n, T, J, R]``-sized tensors of the kernel.
+    extra : int
+        Further elements per individual and draw (for instance :math:`P K` for the Hessian).
+    cap : int, optional
+        Most elements of one ``[n, T, J, R]`` tensor.
+    chunk_size : int, optional
+        A fixed number of individuals per chunk.
     """
     I = panel.n_individuals
-    order = np.lexsort((np.arange(I), -panel.n_alternatives, -panel.n_situations))
-    members = []
+    order = individual_order(panel)
+    bounds = []
     start = 0
     while start < I:
         if chunk_size is not None:
@@ -81,19 +117,27 @@ def plan_chunks(panel: Panel, draws: int, budget: int, chunk_size: int | None = 
         else:
             # the first individual is the longest; the widest situation bounds the rest
             width = int(panel.n_alternatives[order[start:]].max())
-            per = draws * int(panel.n_situations[order[start]]) * width
-            n = max(1, budget // max(per, 1))
-        members.append(order[start : start + n])
+            big = draws * int(panel.n_situations[order[start]]) * width
+            n = max(1, int(budget // max(copies * big + draws * extra, 1)))
+            if cap is not None:
+                n = max(1, min(n, cap // max(big, 1)))
+        bounds.append((start, min(start + n, I)))
         start += n
-    return ChunkPlan(tuple(members))
+    return ChunkPlan(order, tuple(bounds))
 
 
 def _rows_of(panel: Panel, individuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Panel rows of ``individuals`` and the chunk-local index of each row's individual."""
-    local = np.full(panel.n_individuals, -1, dtype=np.int64)
-    local[individuals] = np.arange(len(individuals))
-    rows = np.flatnonzero(local[panel.individual] >= 0)
-    return rows, local[panel.individual[rows]]
+    """Panel rows of ``individuals`` and the chunk-local index of each row's individual.
+
+    Panel rows are grouped by individual, so each individual's rows are one range (found by bisection); the cost is
+    that of the chunk, not of the panel.
+    """
+    starts = np.searchsorted(panel.individual, individuals, side="left")
+    stops = np.searchsorted(panel.individual, individuals, side="right")
+    sizes = stops - starts
+    local = np.repeat(np.arange(len(individuals)), sizes)
+    rows = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes) + np.arange(sizes.sum())
+    return rows, local
 
 
 @dataclass(frozen=True)
@@ -101,8 +145,8 @@ class DifferenceChunk:
     """Differenced covariates of one chunk (see the module notes)."""
 
     individuals: Tensor  # [n] panel individual indices
-    X: Tensor  # [n, J' T, K + 1], last column the mask column
-    XT: Tensor  # [n, K, J' T] without the mask column
+    X: Tensor  # [n, T J', K + 1], last column the mask column
+    XT: Tensor  # [n, K, T J'] without the mask column
     alternatives: int  # J'
     periods: int  # T
 
@@ -127,11 +171,11 @@ def difference_chunk(
     others = ~chosen
     slot = panel.slot[rows][others]
     j = slot - (slot > chosen_slot[local[others], period[others]])
-    out = np.zeros((n, Jp, T, K + 1))
+    out = np.zeros((n, T, Jp, K + 1))
     out[..., K] = -np.inf
-    out[local[others], j, period[others], :K] = X[others] - chosen_x[local[others], period[others]]
-    out[local[others], j, period[others], K] = 0.0
-    out = out.reshape(n, Jp * T, K + 1)
+    out[local[others], period[others], j, :K] = X[others] - chosen_x[local[others], period[others]]
+    out[local[others], period[others], j, K] = 0.0
+    out = out.reshape(n, T * Jp, K + 1)
     tensor = torch.as_tensor(out, dtype=dtype, device=device)
     return DifferenceChunk(
         individuals=torch.as_tensor(individuals, device=device),
@@ -193,4 +237,3 @@ def full_chunk(
         situations=torch.as_tensor(situations, device=device),
         rows=table,
     )
-

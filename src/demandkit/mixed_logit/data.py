@@ -21,25 +21,7 @@ import pandas as pd
 from ..exceptions import InvalidDataError
 from ..formulation import Formulation
 from ..validation import label
-from .specification import STATE_VARIABLE, StateDependence
-
-
-@dataclass(frozen=True)
-class Columns:
-    """The names of the id and choice columns of a user's table."""
-
-    choice: str | None
-    situation_ids: str
-    individual_ids: str
-    alternative_ids: str
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {
-            "choice": self.choice,
-            "situation_ids": self.situation_ids,
-            "individual_ids": self.individual_ids,
-            "alternative_ids": self.alternative_ids,
-        }
+from .specification import STATE_VARIABLE, Columns, StateDependence
 
 
 @dataclass(frozen=True)
@@ -106,9 +88,7 @@ def _check_columns(data: pd.DataFrame, columns: Columns, require_choice: bool) -
         names.append(columns.choice)
     missing = [name for name in names if name not in data.columns]
     if missing:
-        raise InvalidDataError(
-            f"The data have no column(s) {missing}; columns are {sorted(map(str, data.columns))}."
-        )
+        raise InvalidDataError(f"The data have no column(s) {missing}; columns are {sorted(map(str, data.columns))}.")
     for name in names:
         if data[name].isna().any():
             first = int(np.flatnonzero(data[name].isna().to_numpy())[0])

@@ -26,8 +26,9 @@ with :math:`u = \\Phi(z)`. The truncated normal is :math:`N(\\mu, s^2)` *truncat
 The triangular and uniform conventions (half-width spread) are xlogit's. Correlated normals are
 :math:`\\beta = \\mu + L z` with :math:`L` lower triangular.
 
-All functions are pure tensor functions; ``theta`` may be ``[P]`` or ``[n, P]`` (one row per individual,
-which is how per-individual scores come out of one backward pass).
+A :class:`CoefficientMap` holds the index tensors of a :class:`ParameterSpace` on one device and applies
+these maps; its methods are pure tensor functions. ``theta`` may be ``[P]`` or ``[n, P]`` (one row per
+individual, which is how per-individual scores come out of one backward pass).
 """
 
 from __future__ import annotations
@@ -61,131 +62,167 @@ def base_draws(distributions: tuple[str, ...], normals: Tensor) -> Tensor:
 
 def _truncated(mean: Tensor, spread: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Truncated-normal coefficient, the upper-tail quantile ``w`` and ``b = mean / |spread|``."""
-    scale = spread.abs()
+    scale = torch.where(spread < 0, -spread, spread)  # |s| (abs's second derivative would load torch._dynamo)
     b = mean / scale
     w = -torch.special.ndtri((1 - u) * torch.special.ndtr(b))
     return mean + scale * w, w, b
 
 
-def coefficients(theta: Tensor, space: ParameterSpace, base: Tensor) -> Tensor:
-    """Coefficients ``[n, K, R]`` in the internal order (random first, then fixed).
+class CoefficientMap:
+    """The map :math:`\\theta \\mapsto \\beta_{irk}` of a :class:`ParameterSpace` on one device.
 
-    Parameters
-    ----------
-    theta : Tensor
-        ``[P]`` or ``[n, P]`` parameters.
-    space : ParameterSpace
-        The parameter layout.
-    base : Tensor
-        ``[n, Kr, R]`` base draws of the random coefficients.
+    Coefficients are in the internal order (random first, then fixed).
     """
-    n, _, R = base.shape
-    means = theta[..., torch.as_tensor(space.order, device=theta.device)]  # [..., K] internal order
-    if theta.dim() == 1:
-        means = means.expand(n, -1)
-    Kr = space.n_random
-    pieces = []
-    if Kr:
-        loc = means[:, :Kr, None]
-        sd_index = torch.as_tensor(space.sd_index.clip(min=0), device=theta.device)
-        spread = theta[..., sd_index]
-        spread = (spread.expand(n, -1) if theta.dim() == 1 else spread)[:, :, None]
-        rows = []
-        for r, distribution in enumerate(space.random_distributions):
-            e = base[:, r]
-            if space.sd_index[r] < 0:  # in the correlated block: filled below
-                rows.append(loc[:, r].expand(n, R))
-            elif distribution == "lognormal":
-                rows.append(torch.exp(loc[:, r] + spread[:, r] * e))
-            elif distribution == "truncated_normal":
-                rows.append(_truncated(loc[:, r], spread[:, r], e)[0])
-            else:
-                rows.append(loc[:, r] + spread[:, r] * e)
-        random = torch.stack(rows, dim=1)
-        if len(space.normal_block):
-            random = random + _correlated_part(theta, space, base, n)
-        pieces.append(random)
-    if Kr < len(space.order):
-        pieces.append(means[:, Kr:, None].expand(n, -1, R))
-    return torch.cat(pieces, dim=1)
 
+    def __init__(self, space: ParameterSpace, device: torch.device) -> None:
+        def index(values: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.asarray(values, dtype=np.int64), device=device)
 
-def _correlated_part(theta: Tensor, space: ParameterSpace, base: Tensor, n: int) -> Tensor:
-    """``[n, Kr, R]`` with :math:`L z` in the rows of the correlated normals and zeros elsewhere."""
-    block = torch.as_tensor(space.normal_block, device=theta.device)
-    m = len(space.normal_block)
-    values = theta[..., torch.as_tensor(space.cholesky_index, device=theta.device)]
-    L = values.new_zeros(values.shape[:-1] + (m, m))
-    L[..., torch.as_tensor(space.cholesky_rows), torch.as_tensor(space.cholesky_columns)] = values
-    z = base[:, block]  # [n, m, R]
-    Lz = torch.matmul(L, z) if theta.dim() == 2 else torch.matmul(L.expand(n, m, m), z)
-    full = base.new_zeros((n, space.n_random, base.shape[-1]))
-    return full.index_copy(1, block, Lz)
+        self.space = space
+        Kr = space.n_random
+        independent = space.sd_index >= 0
+        distributions = np.array(space.random_distributions, dtype=object)
+        linear = independent & np.isin(distributions, ("normal", "triangular", "uniform"))
+        lognormal = independent & (distributions == "lognormal")
+        truncated = independent & (distributions == "truncated_normal")
+        self.n_random, self.n_coefficients, self.size = Kr, len(space.order), space.size
+        self.location = index(space.order)  # theta index of each coefficient's location
+        self.spread = index(space.sd_index.clip(min=0))
+        self.spread_mask = torch.as_tensor(independent, device=device)
+        self.all_linear = bool(linear.all()) and not len(space.normal_block)
+        self.linear = index(np.flatnonzero(linear))
+        self.linear_spread = index(space.sd_index[linear])
+        self.lognormal = index(np.flatnonzero(lognormal))
+        self.lognormal_location = index(space.order[:Kr][lognormal])
+        self.lognormal_spread = index(space.sd_index[lognormal])
+        self.truncated = index(np.flatnonzero(truncated))
+        self.truncated_location = index(space.order[:Kr][truncated])
+        self.truncated_spread = index(space.sd_index[truncated])
+        self.block = index(space.normal_block)
+        self.cholesky_rows = index(space.cholesky_rows)
+        self.cholesky_columns = index(space.cholesky_columns)
+        self.cholesky_index = index(space.cholesky_index)
+        self.parameter_coefficient = index(space.parameter_coefficient)
+        #: the parameters that move each coefficient (internal order)
+        self.coefficient_parameters = [
+            index(np.flatnonzero(space.parameter_coefficient == k)) for k in range(len(space.order))
+        ]
+        self.curved = bool(lognormal.any() or truncated.any())
 
+    def coefficients(self, theta: Tensor, base: Tensor, one: bool = False) -> Tensor:
+        """Coefficients ``[n, K, R]`` (``[n, K + 1, R]`` with a last row of ones when ``one``).
 
-def chain_rule(gradient: Tensor, theta: Tensor, space: ParameterSpace, base: Tensor, random: Tensor) -> Tensor:
-    """Per-individual scores ``[n, P]`` from gradients with respect to the coefficients.
+        Parameters
+        ----------
+        theta : Tensor
+            ``[P]`` or ``[n, P]`` parameters.
+        base : Tensor
+            ``[n, Kr, R]`` base draws.
+        one : bool
+            Append a row of ones (the coefficient of the mask column of differenced covariates).
+        """
+        n, Kr, R = base.shape
+        locations = theta[..., self.location]  # [(n,) K]
+        if theta.dim() == 1:
+            locations = locations.expand(n, -1)
+        pieces = []
+        if Kr:
+            spreads = theta[..., self.spread]
+            spreads = torch.where(self.spread_mask, spreads, spreads.new_zeros(()))
+            if theta.dim() == 1:
+                spreads = spreads.expand(n, -1)
+            random = torch.addcmul(locations[:, :Kr, None], spreads[:, :, None], base)
+            if self.lognormal.numel():
+                random = random.index_copy(1, self.lognormal, random.index_select(1, self.lognormal).exp())
+            if self.truncated.numel():
+                values = _truncated(
+                    locations[:, self.truncated, None], spreads[:, self.truncated, None], base[:, self.truncated]
+                )[0]
+                random = random.index_copy(1, self.truncated, values)
+            if self.block.numel():
+                random = random.index_add(1, self.block, self._cholesky_product(theta, base))
+            pieces.append(random)
+        if Kr < self.n_coefficients:
+            pieces.append(locations[:, Kr:, None].expand(n, -1, R))
+        if one:
+            pieces.append(base.new_ones((n, 1, R)))
+        return torch.cat(pieces, dim=1)
 
-    Parameters
-    ----------
-    gradient : Tensor
-        ``[n, K, R]``, :math:`\\partial \\ell_i / \\partial \\beta_{irk}` (posterior weights included), internal
-        coefficient order.
-    theta : Tensor
-        ``[P]`` parameters.
-    space : ParameterSpace
-        The parameter layout.
-    base : Tensor
-        ``[n, Kr, R]`` base draws.
-    random : Tensor
-        ``[n, Kr, R]`` current random coefficients.
+    def _cholesky_product(self, theta: Tensor, base: Tensor) -> Tensor:
+        """:math:`L z` for the correlated normals, ``[n, m, R]``."""
+        m = self.block.numel()
+        values = theta[..., self.cholesky_index]
+        L = values.new_zeros(values.shape[:-1] + (m, m))
+        L[..., self.cholesky_rows, self.cholesky_columns] = values
+        return torch.matmul(L, base.index_select(1, self.block))
 
-    Returns
-    -------
-    Tensor
-        :math:`s_{ip} = \\sum_r \\partial \\ell_i / \\partial \\beta_{i r k(p)} \\; \\partial \\beta_{i r k(p)} /
-        \\partial \\theta_p`.
-    """
-    n = gradient.shape[0]
-    device = gradient.device
-    out = gradient.new_empty((n, space.size))
-    out[:, torch.as_tensor(space.order, device=device)] = gradient.sum(-1)
-    groups = _groups(space)
-    if groups["linear"].size:
-        r = torch.as_tensor(groups["linear"], device=device)
-        sd = torch.as_tensor(space.sd_index[groups["linear"]], device=device)
-        out[:, sd] = (gradient[:, r] * base[:, r]).sum(-1)
-    if groups["lognormal"].size:
-        r = torch.as_tensor(groups["lognormal"], device=device)
-        weighted = gradient[:, r] * random[:, r]
-        out[:, torch.as_tensor(space.order[groups["lognormal"]], device=device)] = weighted.sum(-1)
-        out[:, torch.as_tensor(space.sd_index[groups["lognormal"]], device=device)] = (weighted * base[:, r]).sum(-1)
-    if groups["truncated_normal"].size:
-        r = torch.as_tensor(groups["truncated_normal"], device=device)
-        location = torch.as_tensor(space.order[groups["truncated_normal"]], device=device)
-        sd = torch.as_tensor(space.sd_index[groups["truncated_normal"]], device=device)
-        mu, s, u = theta[location][:, None], theta[sd][:, None], base[:, r]
-        _, w, b = _truncated(mu, s, u)
-        rho = torch.exp((w * w - b * b) / 2) * (1 - u)
-        g = gradient[:, r]
-        out[:, location] = (g * (1 - rho)).sum(-1)
-        out[:, sd] = (g * (torch.sign(s) * (w + rho * b))).sum(-1)
-    if len(space.normal_block):
-        block = torch.as_tensor(space.normal_block, device=device)
-        products = torch.bmm(gradient[:, block], base[:, block].transpose(1, 2))  # [n, m, m]
-        rows = torch.as_tensor(space.cholesky_rows, device=device)
-        columns = torch.as_tensor(space.cholesky_columns, device=device)
-        out[:, torch.as_tensor(space.cholesky_index, device=device)] = products[:, rows, columns]
-    return out
+    def chain_rule(self, gradient: Tensor, theta: Tensor, base: Tensor, random: Tensor) -> Tensor:
+        """Per-individual scores ``[n, P]`` from gradients with respect to the coefficients.
 
+        Parameters
+        ----------
+        gradient : Tensor
+            ``[n, K, R]``, :math:`\\partial \\ell_i / \\partial \\beta_{irk}` (posterior weights included).
+        theta : Tensor
+            ``[P]`` parameters.
+        base : Tensor
+            ``[n, Kr, R]`` base draws.
+        random : Tensor
+            ``[n, Kr, R]`` current random coefficients.
 
-def _groups(space: ParameterSpace) -> dict[str, np.ndarray]:
-    """Independent random coefficients (internal indices) by how their spread enters."""
-    independent = space.sd_index >= 0
-    distributions = np.array(space.random_distributions, dtype=object)
-    linear = independent & np.isin(distributions, ("normal", "triangular", "uniform"))
-    return {
-        "linear": np.flatnonzero(linear),
-        "lognormal": np.flatnonzero(independent & (distributions == "lognormal")),
-        "truncated_normal": np.flatnonzero(independent & (distributions == "truncated_normal")),
-    }
+        Returns
+        -------
+        Tensor
+            :math:`s_{ip} = \\sum_r \\partial \\ell_i / \\partial \\beta_{i r k(p)} \\; \\partial \\beta_{i r k(p)}
+            / \\partial \\theta_p`.
+        """
+        n, Kr = gradient.shape[0], self.n_random
+        out = gradient.new_empty((n, self.size))
+        out[:, self.location] = gradient.sum(-1)
+        if self.all_linear and Kr:
+            out[:, self.linear_spread] = (gradient[:, :Kr] * base).sum(-1)
+            return out
+        if self.linear.numel():
+            out[:, self.linear_spread] = (gradient[:, self.linear] * base[:, self.linear]).sum(-1)
+        if self.lognormal.numel():
+            weighted = gradient[:, self.lognormal] * random[:, self.lognormal]
+            out[:, self.lognormal_location] = weighted.sum(-1)
+            out[:, self.lognormal_spread] = (weighted * base[:, self.lognormal]).sum(-1)
+        if self.truncated.numel():
+            mu = theta[self.truncated_location][:, None]
+            s = theta[self.truncated_spread][:, None]
+            u = base[:, self.truncated]
+            _, w, b = _truncated(mu, s, u)
+            rho = torch.exp((w * w - b * b) / 2) * (1 - u)
+            g = gradient[:, self.truncated]
+            out[:, self.truncated_location] = (g * (1 - rho)).sum(-1)
+            out[:, self.truncated_spread] = (g * (torch.sign(s) * (w + rho * b))).sum(-1)
+        if self.block.numel():
+            products = torch.bmm(gradient[:, self.block], base[:, self.block].transpose(1, 2))  # [n, m, m]
+            out[:, self.cholesky_index] = products[:, self.cholesky_rows, self.cholesky_columns]
+        return out
+
+    def factors(self, theta: Tensor, base: Tensor, random: Tensor) -> Tensor:
+        """Per-draw derivatives :math:`F_{irp} = \\partial \\beta_{i r k(p)} / \\partial \\theta_p`, ``[n, P, R]``.
+
+        Each parameter moves one coefficient :math:`k(p)` (``parameter_coefficient``), so this is the whole
+        Jacobian of the coefficients with respect to :math:`\\theta`.
+        """
+        n, _, R = base.shape
+        out = base.new_ones((n, self.size, R))
+        if self.linear.numel():
+            out[:, self.linear_spread] = base[:, self.linear]
+        if self.lognormal.numel():
+            out[:, self.lognormal_location] = random[:, self.lognormal]
+            out[:, self.lognormal_spread] = random[:, self.lognormal] * base[:, self.lognormal]
+        if self.truncated.numel():
+            mu = theta[self.truncated_location][:, None]
+            s = theta[self.truncated_spread][:, None]
+            u = base[:, self.truncated]
+            _, w, b = _truncated(mu, s, u)
+            rho = torch.exp((w * w - b * b) / 2) * (1 - u)
+            out[:, self.truncated_location] = 1 - rho
+            out[:, self.truncated_spread] = torch.sign(s) * (w + rho * b)
+        if self.block.numel():
+            out[:, self.cholesky_index] = base[:, self.block[self.cholesky_columns]]
+        return out

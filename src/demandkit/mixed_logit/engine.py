@@ -1,15 +1,15 @@
 """The evaluation loop: kernels applied chunk by chunk and accumulated, on one device.
 
 An :class:`Engine` owns the device-side state of one model on one device: the chunk plans, the padded chunk
-tensors and the base draws (cached on the device when they fit in a quarter of its free memory, regenerated
-chunk by chunk otherwise). It turns a parameter vector into the log-likelihood, its gradient (analytic or by
-autograd), per-individual scores and the Hessian (by autograd), and serves post-estimation with per-chunk
-probabilities and posterior weights. Parameters come in and results go out as NumPy arrays.
+tensors, a reusable workspace and the base draws (kept on the device when they fit, in host memory for a GPU when
+they fit there, regenerated chunk by chunk otherwise). It turns a parameter vector into the log-likelihood, its
+gradient (analytic or by autograd), per-individual scores and the Hessian (from its structure, or by autograd), and
+serves post-estimation with chunks and posterior weights. Parameters come in and results go out as NumPy
+arrays; this is the layer that synchronizes with the device (once per evaluation).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..exceptions import SpecificationError
 from . import kernels
 from .chunks import (
+    CPU_CHUNK_ELEMENTS,
     ChunkPlan,
     DifferenceChunk,
     FullChunk,
@@ -29,12 +31,12 @@ from .chunks import (
     plan_chunks,
 )
 from .data import Panel
-from .distributions import base_draws
+from .distributions import CoefficientMap, base_draws
 from .draws import DrawSource
 from .specification import STATE_COEFFICIENT, STATE_VARIABLE, ParameterSpace
 
 #: live ``[n, T, J, R]``-sized tensors per chunk, by kind of work (sets the chunk size from free memory)
-_COPIES = {"analytic": 3, "autograd": 12, "hessian": 24}
+_COPIES = {"analytic": 3, "autograd": 12, "hessian": 8, "autograd_hessian": 40}
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Engine:
         chunk_size: int | None = None,
     ) -> None:
         self.panel, self.space, self.draws = panel, space, draws
+        self.map = CoefficientMap(space, device)
         self.device, self.dtype, self.utility, self.chunk_size = device, dtype, utility, chunk_size
         # covariate columns in the internal coefficient order (random first)
         self.columns = space.order.copy()
@@ -89,18 +92,29 @@ class Engine:
         self.weights = torch.as_tensor(draws.weights, dtype=dtype, device=device)
         self.log_weights = self.weights.log()
         self._plans: dict[str, ChunkPlan] = {}
-        self._chunks: dict[tuple[str, int], DifferenceChunk | FullChunk] = {}
+        self._chunks: dict[tuple[str, int, int], DifferenceChunk | FullChunk] = {}
         itemsize = torch.empty(0, dtype=dtype).element_size()
         total = panel.n_individuals * max(space.n_random, 1) * draws.size * itemsize
-        self._cache_draws = total <= available_memory(device) // 4
-        self._base: dict[tuple[str, int], Tensor] = {}
+        # where the base draws live: on the device if they fit in half of the free memory of a CPU or a quarter of a
+        # GPU's, else (GPU) in host memory if they fit in half of it, copied chunk by chunk; else they are
+        # regenerated chunk by chunk
+        if total <= available_memory(device) // (2 if device.type == "cpu" else 4):
+            self._draws_home: torch.device | None = device
+        elif device.type != "cpu" and total <= available_memory(torch.device("cpu")) // 2:
+            self._draws_home = torch.device("cpu")
+        else:
+            self._draws_home = None
+        self._base: Tensor | None = None  # [I, Kr, R] in individual_order, when cached
         self._workspace: Tensor | None = None
+        self._last: tuple[str, np.ndarray, Evaluation] | None = None
 
     def workspace(self) -> Tensor:
         """A flat buffer as large as the largest analytic chunk's utilities, reused by every evaluation."""
         if self._workspace is None:
-            sizes = [len(m) * int(self.panel.n_situations[m].max()) * max(int(self.panel.n_alternatives[m].max()) - 1, 1)
-                     for m in self.plan("analytic").members]
+            sizes = [
+                len(m) * int(self.panel.n_situations[m].max()) * max(int(self.panel.n_alternatives[m].max()) - 1, 1)
+                for m in self.plan("analytic").members
+            ]
             self._workspace = torch.empty(max(sizes) * self.draws.size, dtype=self.dtype, device=self.device)
         return self._workspace
 
@@ -108,28 +122,58 @@ class Engine:
     def plan(self, kind: str) -> ChunkPlan:
         """The chunk plan for a kind of work (``'analytic'``, ``'autograd'`` or ``'hessian'``)."""
         if kind not in self._plans:
-            budget = element_budget(self.device, self.dtype, _COPIES[kind])
-            self._plans[kind] = plan_chunks(self.panel, self.draws.size, budget, self.chunk_size)
+            K, P = len(self.space.order), self.space.size
+            extra = {"hessian": P * K + 2 * K * K + P * P, "autograd_hessian": P * K}.get(kind, 2 * P + K)
+            cap = CPU_CHUNK_ELEMENTS if self.device.type == "cpu" else None
+            self._plans[kind] = plan_chunks(
+                self.panel,
+                self.draws.size,
+                element_budget(self.device, self.dtype),
+                _COPIES[kind],
+                extra=extra,
+                cap=cap,
+                chunk_size=self.chunk_size,
+            )
         return self._plans[kind]
 
     def _chunk(self, kind: str, index: int) -> DifferenceChunk | FullChunk:
-        key = (kind, index)
+        """The padded tensors of a chunk, built once and shared by the kinds of work with the same layout."""
+        layout = "difference" if kind in ("analytic", "hessian") else "full"
+        start, stop = self.plan(kind).bounds[index]
+        key = (layout, start, stop)
         if key not in self._chunks:
-            members = self.plan(kind).members[index]
-            build = difference_chunk if kind == "analytic" else full_chunk
+            members = self.plan(kind).order[start:stop]
+            build = difference_chunk if layout == "difference" else full_chunk
             self._chunks[key] = build(self.panel, members, self.columns, self.dtype, self.device)
         return self._chunks[key]
 
     def _base_draws(self, kind: str, index: int) -> Tensor:
-        key = (kind, index)
-        if key in self._base:
-            return self._base[key]
-        members = self.plan(kind).members[index]
-        normals = torch.as_tensor(self.draws.take(members), dtype=self.dtype, device=self.device)
-        base = base_draws(self.space.random_distributions, normals)
-        if self._cache_draws:
-            self._base[key] = base
-        return base
+        """Base draws ``[n, Kr, R]`` of a chunk: a slice of the cached draws, or generated for the chunk."""
+        plan = self.plan(kind)
+        start, stop = plan.bounds[index]
+        if self._draws_home is not None:
+            if self._base is None:
+                self._base = self._all_base_draws(plan.order)
+            return self._base[start:stop].to(self.device, non_blocking=True)
+        normals = torch.as_tensor(self.draws.take(plan.order[start:stop]), dtype=self.dtype, device=self.device)
+        return base_draws(self.space.random_distributions, normals)
+
+    def _all_base_draws(self, order: np.ndarray) -> Tensor:
+        """Base draws of every individual in ``order``, ``[I, Kr, R]``, generated block by block (bounded memory)."""
+        I, R = len(order), self.draws.size
+        home = self._draws_home
+        out = torch.empty((I, self.space.n_random, R), dtype=self.dtype, device=home)
+        if home.type == "cpu" and self.device.type == "cuda":
+            out = out.pin_memory()
+        position = np.empty(I, dtype=np.int64)
+        position[order] = np.arange(I)
+        block = max(1, (1 << 22) // max(R * max(self.space.n_random, 1), 1))
+        for start in range(0, I, block):
+            stop = min(start + block, I)
+            normals = torch.as_tensor(self.draws.normals(start, stop), dtype=self.dtype, device=home)
+            rows = torch.as_tensor(position[start:stop], device=home)
+            out[rows] = base_draws(self.space.random_distributions, normals)
+        return out
 
     def chunks(self, kind: str) -> Iterator[tuple[DifferenceChunk | FullChunk, Tensor]]:
         """Each chunk of a kind with its base draws ``[n, Kr, R]``."""
@@ -139,15 +183,16 @@ class Engine:
     def release(self) -> None:
         """Drop the cached device tensors (they are rebuilt on demand)."""
         self._chunks.clear()
-        self._base.clear()
+        self._base = None
+        self._workspace = None
 
     def _theta(self, theta: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.asarray(theta, dtype=np.float64), dtype=self.dtype, device=self.device)
+        return torch.tensor(np.asarray(theta, dtype=np.float64), dtype=self.dtype, device=self.device)
 
     def _scatter(self, kind: str, values: list[Tensor]) -> np.ndarray:
         """Per-chunk per-individual values back to the panel's individual order."""
         stacked = torch.cat(values).detach().cpu().numpy().astype(np.float64)
-        order = np.concatenate(self.plan(kind).members)
+        order = self.plan(kind).order
         out = np.empty_like(stacked)
         out[order] = stacked
         return out
@@ -156,18 +201,19 @@ class Engine:
     def analytic(self, theta: np.ndarray, scores: bool = False) -> Evaluation:
         """Log-likelihood and its analytic gradient (and per-individual scores)."""
         if self.utility is not None:
-            raise RuntimeError("the analytic gradient needs the linear utility")
+            raise SpecificationError("The analytic gradient needs the linear utility; use gradient='autograd'.")
         t = self._theta(theta)
-        lls, per_individual = [], []
         with torch.no_grad():
             work = self.workspace()
-            results = [kernels.analytic_loglikelihood(t, self.space, c, b, self.log_weights, False, work)
-                       for c, b in self.chunks("analytic")]
+            results = [
+                kernels.analytic_loglikelihood(t, self.map, c, b, self.log_weights, False, work)
+                for c, b in self.chunks("analytic")
+            ]
             finite = torch.stack([torch.isfinite(ll).all() & torch.isfinite(s).all() for ll, s in results])
             redo = np.flatnonzero(~finite.cpu().numpy())
             for index in redo:
                 chunk, base = self._chunk("analytic", int(index)), self._base_draws("analytic", int(index))
-                results[index] = kernels.analytic_loglikelihood(t, self.space, chunk, base, self.log_weights, True, work)
+                results[index] = kernels.analytic_loglikelihood(t, self.map, chunk, base, self.log_weights, True, work)
             lls = [ll for ll, _ in results]
             per_individual = [s for _, s in results]
             total = torch.stack([ll.sum() for ll in lls]).sum()
@@ -189,7 +235,7 @@ class Engine:
             n = chunk.X.shape[0]
             with torch.enable_grad():
                 rows = t.expand(n, P).clone().requires_grad_(True) if scores else t.clone().requires_grad_(True)
-                draws = kernels.draw_loglikelihoods(rows, self.space, chunk, base, self.utility, self.names)
+                draws = kernels.draw_loglikelihoods(rows, self.map, chunk, base, self.utility, self.names)
                 ll = kernels.simulated_loglikelihood(draws, self.log_weights).sum()
                 (g,) = torch.autograd.grad(ll, rows)
             total = total + ll.detach()
@@ -204,8 +250,22 @@ class Engine:
         )
 
     def evaluate(self, theta: np.ndarray, method: str, scores: bool = False) -> Evaluation:
-        """Dispatch to :meth:`analytic` or :meth:`autograd`."""
-        return self.analytic(theta, scores) if method == "analytic" else self.autograd(theta, scores)
+        """Dispatch to :meth:`analytic` (which always keeps the scores) or :meth:`autograd`.
+
+        The last evaluation is remembered, so asking again at the same :math:`\\theta` (the optimizer's first and
+        last points, the scores for the covariance) costs nothing.
+        """
+        theta = np.asarray(theta, dtype=np.float64)
+        last = self._last
+        if last is not None and last[0] == method and np.array_equal(last[1], theta):
+            if last[2].scores is not None or not scores:
+                return last[2]
+        if method == "analytic":
+            evaluation = self.analytic(theta, scores=True)
+        else:
+            evaluation = self.autograd(theta, scores)
+        self._last = (method, theta.copy(), evaluation)
+        return evaluation
 
     def loglikelihood(self, theta: np.ndarray) -> float:
         """The simulated log-likelihood alone."""
@@ -213,32 +273,42 @@ class Engine:
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         with torch.no_grad():
             for chunk, base in self.chunks("autograd"):
-                draws = kernels.draw_loglikelihoods(t, self.space, chunk, base, self.utility, self.names)
+                draws = kernels.draw_loglikelihoods(t, self.map, chunk, base, self.utility, self.names)
                 total = total + kernels.simulated_loglikelihood(draws, self.log_weights).sum()
         return float(total)
 
-    def hessian(self, theta: np.ndarray) -> np.ndarray:
+    def hessian(self, theta: np.ndarray, method: str = "analytic") -> np.ndarray:
+        """The Hessian of the simulated log-likelihood, ``[P, P]``.
+
+        ``'analytic'`` (the linear utility) uses :func:`~demandkit.mixed_logit.kernels.analytic_hessian`;
+        ``'autograd'`` differentiates the autograd gradient once more (reverse over reverse).
+        """
+        if method == "analytic" and self.utility is None:
+            t = self._theta(theta)
+            total = torch.zeros((t.numel(), t.numel()), dtype=self.dtype, device=self.device)
+            with torch.no_grad():
+                for chunk, base in self.chunks("hessian"):
+                    total = total + kernels.analytic_hessian(t, self.map, chunk, base, self.log_weights)
+            return total.cpu().numpy().astype(np.float64)
+        return self._autograd_hessian(theta)
+
+    def _autograd_hessian(self, theta: np.ndarray) -> np.ndarray:
         """The Hessian of the simulated log-likelihood by autograd (reverse over reverse), ``[P, P]``.
 
-        Each chunk's gradient is built with a graph and differentiated once more for all parameters at once
-        (a batched backward pass); where an operation does not support batching, one pass per parameter.
+        Each chunk's gradient is built with a graph and differentiated once more, one backward pass per parameter
+        (a batched backward pass would load ``torch.func`` machinery that costs seconds on first use).
         """
         t = self._theta(theta)
         P = t.numel()
         total = torch.zeros((P, P), dtype=self.dtype, device=self.device)
-        eye = torch.eye(P, dtype=self.dtype, device=self.device)
-        for chunk, base in self.chunks("hessian"):
+        for chunk, base in self.chunks("autograd_hessian"):
             with torch.enable_grad():
                 leaf = t.clone().requires_grad_(True)
-                draws = kernels.draw_loglikelihoods(leaf, self.space, chunk, base, self.utility, self.names)
+                draws = kernels.draw_loglikelihoods(leaf, self.map, chunk, base, self.utility, self.names)
                 ll = kernels.simulated_loglikelihood(draws, self.log_weights).sum()
                 (g,) = torch.autograd.grad(ll, leaf, create_graph=True)
-                try:
-                    (h,) = torch.autograd.grad(g, leaf, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
-                except RuntimeError:
-                    rows = [torch.autograd.grad(g[p], leaf, retain_graph=True)[0] for p in range(P)]
-                    h = torch.stack(rows)
-            total = total + h.detach()
+                rows = [torch.autograd.grad(g[p], leaf, retain_graph=p < P - 1)[0] for p in range(P)]
+            total = total + torch.stack(rows).detach()
         hessian = total.cpu().numpy().astype(np.float64)
         return (hessian + hessian.T) / 2
 
@@ -246,23 +316,16 @@ class Engine:
     def posterior(self, theta: np.ndarray) -> Iterator[tuple[FullChunk, Tensor, Tensor]]:
         """Per chunk: the chunk, posterior weights ``[n, R]`` and coefficients ``[n, K, R]`` (internal order)."""
         t = self._theta(theta)
-        from .distributions import coefficients
-
         with torch.no_grad():
             for chunk, base in self.chunks("autograd"):
-                draws = kernels.draw_loglikelihoods(t, self.space, chunk, base, self.utility, self.names)
-                yield chunk, kernels.posterior_weights(draws, self.log_weights), coefficients(t, self.space, base)
+                draws = kernels.draw_loglikelihoods(t, self.map, chunk, base, self.utility, self.names)
+                yield chunk, kernels.posterior_weights(draws, self.log_weights), self.map.coefficients(t, base)
 
     def individual_order(self, kind: str) -> np.ndarray:
         """Panel individual index of each row of the concatenated chunks of ``kind``."""
-        return np.concatenate(self.plan(kind).members)
+        return self.plan(kind).order
 
     def covariate_column(self, name: str) -> int:
         """Internal column of the covariate ``name`` (``'gamma'`` means the lagged choice)."""
         name = STATE_VARIABLE if name == STATE_COEFFICIENT else name
         return self.names["covariates"].index(name)
-
-
-def log_of(value: float) -> float:
-    """``math.log`` that maps 0 to -inf (for reporting)."""
-    return math.log(value) if value > 0 else -math.inf

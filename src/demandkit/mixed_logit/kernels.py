@@ -21,7 +21,7 @@ The analytic gradient is the posterior-weighted average of the per-draw gradient
     \\tilde x_{ijt},
 
 with :math:`\\tilde x` the covariates minus those of the chosen alternative; the chain rule to :math:`\\theta`
-is :func:`~demandkit.mixed_logit.distributions.chain_rule`. In differences,
+is :meth:`~demandkit.mixed_logit.distributions.CoefficientMap.chain_rule`. In differences,
 :math:`\\log P_{i y t} = -\\log(1 + \\sum_{j \\ne y} e^{\\tilde v_{ijt}})`, which the fast path evaluates
 without shifting; a chunk whose result is not finite is recomputed by the shifted (overflow-proof) path.
 """
@@ -34,8 +34,7 @@ import torch
 from torch import Tensor
 
 from .chunks import DifferenceChunk, FullChunk
-from .distributions import chain_rule, coefficients
-from .specification import ParameterSpace
+from .distributions import CoefficientMap
 
 Utility = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
 
@@ -45,7 +44,7 @@ _PRODUCT_PERIODS = 32
 
 def analytic_loglikelihood(
     theta: Tensor,
-    space: ParameterSpace,
+    space: CoefficientMap,
     chunk: DifferenceChunk,
     base: Tensor,
     log_weights: Tensor,
@@ -58,8 +57,8 @@ def analytic_loglikelihood(
     ----------
     theta : Tensor
         ``[P]`` parameters.
-    space : ParameterSpace
-        The parameter layout.
+    space : CoefficientMap
+        The map from parameters to coefficients.
     chunk : DifferenceChunk
         Differenced covariates in the internal coefficient order.
     base : Tensor
@@ -74,40 +73,39 @@ def analytic_loglikelihood(
     """
     n = chunk.X.shape[0]
     Jp, T = chunk.alternatives, chunk.periods
-    B = coefficients(theta, space, base)  # [n, K, R]
+    B = space.coefficients(theta, base, one=True)  # [n, K + 1, R]
     R = B.shape[-1]
-    coefficients_and_one = torch.cat([B, B.new_ones((n, 1, R))], dim=1)
     if workspace is None:
-        V = torch.bmm(chunk.X, coefficients_and_one)  # [n, J'T, R]; padding -inf
+        V = torch.bmm(chunk.X, B)  # [n, J'T, R]; padding -inf
     else:
-        V = torch.bmm(chunk.X, coefficients_and_one, out=workspace[: n * Jp * T * R].view(n, Jp * T, R))
-    E = V.view(n, Jp, T, R)
+        V = torch.bmm(chunk.X, B, out=workspace[: n * Jp * T * R].view(n, Jp * T, R))
+    E = V.view(n, T, Jp, R)
     if stable:
-        shift = E.amax(dim=1).clamp_(min=0)  # [n, T, R]
-        E.sub_(shift.unsqueeze(1)).exp_()
-        denominator = E.sum(dim=1).add_(torch.exp(-shift))
+        shift = E.amax(dim=2).clamp_(min=0)  # [n, T, R]
+        E.sub_(shift.unsqueeze(2)).exp_()
+        denominator = E.sum(dim=2).add_(torch.exp(-shift))
         negative = (shift + denominator.log()).sum(dim=1)
     else:
         E.exp_()
-        denominator = E.sum(dim=1).add_(1.0)  # [n, T, R]
+        denominator = E.sum(dim=2).add_(1.0)  # [n, T, R]
         if T <= _PRODUCT_PERIODS:
             negative = denominator.prod(dim=1).log_()
         else:
             negative = denominator.log().sum(dim=1)
     joint = log_weights - negative  # [n, R]: log w_r + l_ir
     loglikelihood = torch.logsumexp(joint, dim=1)
-    posterior = torch.softmax(joint, dim=1)
-    E.mul_((posterior.unsqueeze(1) / denominator).unsqueeze(1))  # omega_ir P_ijt (non-chosen)
-    gradient = torch.bmm(chunk.XT, V).neg_()  # [n, K, R]
-    return loglikelihood, chain_rule(gradient, theta, space, base, B[:, : space.n_random])
+    posterior = joint.sub_(loglikelihood.unsqueeze(1)).exp_()  # omega_ir
+    E.mul_(denominator.reciprocal_().mul_(posterior.unsqueeze(1)).unsqueeze(2))  # omega_ir P_ijt (non-chosen)
+    gradient = torch.bmm(chunk.XT, V)  # minus d l_i / d beta_ir, [n, K, R]
+    return loglikelihood, space.chain_rule(gradient, theta, base, B[:, : space.n_random]).neg_()
 
 
 def _utilities(
-    theta: Tensor, space: ParameterSpace, chunk: FullChunk, base: Tensor, utility: Utility | None, names: dict
+    theta: Tensor, space: CoefficientMap, chunk: FullChunk, base: Tensor, utility: Utility | None, names: dict
 ) -> tuple[Tensor, Tensor]:
     """Utilities ``[n, T, J, R]`` (outside alternative 0, unavailable -inf) and coefficients ``[n, K, R]``."""
     n, T, J, K = chunk.X.shape
-    B = coefficients(theta, space, base)
+    B = space.coefficients(theta, base)
     R = B.shape[-1]
     if utility is None:
         V = torch.bmm(chunk.X.reshape(n, T * J, K), B).view(n, T, J, R)
@@ -121,7 +119,7 @@ def _utilities(
 
 def draw_loglikelihoods(
     theta: Tensor,
-    space: ParameterSpace,
+    space: CoefficientMap,
     chunk: FullChunk,
     base: Tensor,
     utility: Utility | None = None,
@@ -151,7 +149,7 @@ def posterior_weights(draws: Tensor, log_weights: Tensor) -> Tensor:
 
 def probabilities(
     theta: Tensor,
-    space: ParameterSpace,
+    space: CoefficientMap,
     chunk: FullChunk,
     base: Tensor,
     weights: Tensor,
@@ -166,7 +164,7 @@ def probabilities(
 
 def utility_derivatives(
     theta: Tensor,
-    space: ParameterSpace,
+    space: CoefficientMap,
     chunk: FullChunk,
     base: Tensor,
     column: int,
@@ -180,13 +178,13 @@ def utility_derivatives(
     """
     n, T, J, K = chunk.X.shape
     if utility is None:
-        B = coefficients(theta, space, base)
+        B = space.coefficients(theta, base)
         return B[:, column].view(n, 1, 1, -1).expand(n, T, J, B.shape[-1])
     R = base.shape[-1]
     with torch.enable_grad():
         x = chunk.X[..., column, None].expand(n, T, J, R).clone().requires_grad_(True)
         columns = [x if k == column else chunk.X[..., k, None] for k in range(K)]
-        B = coefficients(theta.detach(), space, base)
+        B = space.coefficients(theta.detach(), base)
         beta = {name: B[:, k].view(n, 1, 1, R) for k, name in enumerate(names["coefficients"])}
         data = {name: columns[k] for k, name in enumerate(names["covariates"])}
         V = torch.broadcast_to(utility(beta, data), (n, T, J, R))
@@ -215,3 +213,68 @@ def elasticity_matrices(per_draw: Tensor, derivatives: Tensor, weights: Tensor, 
     derivative = torch.diag_embed(own) - cross
     probability = weighted.sum(-1)
     return derivative * x.unsqueeze(-2) / probability.unsqueeze(-1)
+
+
+def analytic_hessian(
+    theta: Tensor, space: CoefficientMap, chunk: DifferenceChunk, base: Tensor, log_weights: Tensor
+) -> Tensor:
+    """The Hessian ``[P, P]`` of the chunk's simulated log-likelihood, from its structure.
+
+    With :math:`u_{ir} = \\partial \\ell_{ir} / \\partial \\theta` and :math:`s_i = \\sum_r \\omega_{ir} u_{ir}`,
+
+    .. math::
+
+        \\frac{\\partial^2 \\ell_i}{\\partial \\theta \\partial \\theta'} = \\sum_r \\omega_{ir} \\Big(
+        J_{ir}' H_{ir} J_{ir} + \\sum_k \\frac{\\partial \\ell_{ir}}{\\partial \\beta_{irk}}
+        \\frac{\\partial^2 \\beta_{irk}}{\\partial \\theta \\partial \\theta'} + u_{ir} u_{ir}' \\Big) - s_i s_i',
+
+    where :math:`J_{ir}` is the Jacobian of the coefficients (one factor per parameter,
+    :meth:`CoefficientMap.factors`) and
+    :math:`H_{ir} = -\\sum_t \\big(\\sum_j P_{ijt} \\tilde x_{ijt} \\tilde x_{ijt}'
+    - \\bar x_{irt} \\bar x_{irt}'\\big)`,
+    :math:`\\bar x_{irt} = \\sum_j P_{ijt} \\tilde x_{ijt}`, is the per-draw logit Hessian. The curvature of the
+    coefficients themselves (lognormal, truncated normal) is differentiated by autograd.
+    """
+    n = chunk.X.shape[0]
+    Jp, T = chunk.alternatives, chunk.periods
+    M = Jp * T
+    B = space.coefficients(theta, base, one=True)
+    K, R = B.shape[1] - 1, B.shape[-1]
+    device = theta.device
+    exponentials = torch.bmm(chunk.X, B).view(n, T, Jp, R)
+    shift = exponentials.amax(dim=2).clamp_(min=0)
+    exponentials.sub_(shift.unsqueeze(2)).exp_()
+    denominator = exponentials.sum(dim=2).add_(torch.exp(-shift))
+    joint = log_weights - (shift + denominator.log()).sum(dim=1)
+    posterior = torch.softmax(joint, dim=1)  # [n, R]
+    probabilities = exponentials.div_(denominator.unsqueeze(2)).view(n, M, R)
+    draw_gradient = -torch.bmm(chunk.XT, probabilities)  # [n, K, R], unweighted
+    factors = space.factors(theta, base, B[:, : space.n_random])  # [n, P, R]
+    coefficient = space.parameter_coefficient
+    scores = (draw_gradient[:, coefficient] * factors * posterior.unsqueeze(1)).sum(-1)  # [n, P]
+    # sum_r omega_ir (H_ir + g_ir g_ir') in coefficient space, for the pairs k <= l
+    first, second = torch.triu_indices(K, K, device=device)
+    squares = torch.bmm(chunk.XT[:, first] * chunk.XT[:, second], probabilities)  # [n, pairs, R]
+    X = chunk.X[..., :K].reshape(n * T, Jp, K)  # padded rows are zero
+    means = torch.bmm(X.transpose(1, 2), probabilities.view(n * T, Jp, R)).view(n, T, K, R)
+    outer = torch.cat([(means[:, :, k : k + 1] * means[:, :, k:]).sum(dim=1) for k in range(K)], dim=1)
+    curvature = outer.sub_(squares).addcmul_(draw_gradient[:, first], draw_gradient[:, second])
+    curvature.mul_(posterior.unsqueeze(1))
+    pair = torch.zeros((K, K), dtype=torch.int64, device=device)
+    pair[first, second] = torch.arange(first.numel(), device=device)
+    pair[second, first] = pair[first, second]
+    # H[p, q] = sum_{i, r} curvature[pair(k(p), k(q))] F_p F_q, coefficient by coefficient of q
+    hessian = -scores.T @ scores
+    for k in range(K):
+        columns = space.coefficient_parameters[k]
+        rows = curvature[:, pair[coefficient, k]] * factors  # [n, P, R]
+        block = torch.bmm(rows, factors[:, columns].transpose(1, 2)).sum(0)  # [P, A_k]
+        hessian = hessian.index_add(1, columns, block)
+    if space.curved:
+        weights = (draw_gradient * posterior.unsqueeze(1)).detach()
+
+        def weighted_coefficients(parameters: Tensor) -> Tensor:
+            return (space.coefficients(parameters, base) * weights).sum()
+
+        hessian = hessian + torch.autograd.functional.hessian(weighted_coefficients, theta)
+    return (hessian + hessian.T) / 2

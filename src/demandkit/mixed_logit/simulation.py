@@ -79,9 +79,11 @@ def simulate_panel(
     rng = np.random.default_rng(seed)
     names = list(coefficients)
     K, I, T, J = len(names), individuals, situations, alternatives
-    beta = np.column_stack(
-        [_draw(d, loc, sd, rng.uniform(size=I)) for d, loc, sd in coefficients.values()]
-    ) if K else np.zeros((I, 0))
+    beta = (
+        np.column_stack([_draw(d, loc, sd, rng.uniform(size=I)) for d, loc, sd in coefficients.values()])
+        if K
+        else np.zeros((I, 0))
+    )
     truth: dict[str, float] = {name: float(loc) for name, (_, loc, _) in coefficients.items()}
     random = {name: d for name, (d, _, _) in coefficients.items() if d is not None}
     for name, distribution in random.items():

@@ -15,6 +15,7 @@ Everything here is plain Python and NumPy; nothing knows tables or tensors. The 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any, Literal, get_args
@@ -22,6 +23,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ..exceptions import SpecificationError
+from ..formulation import Formulation
+from ..integration import Integration
 from ..options import check_choice
 
 Distribution = Literal["normal", "lognormal", "triangular", "uniform", "truncated_normal"]
@@ -179,21 +182,26 @@ class ParameterSpace:
         spreads = np.flatnonzero(self.sd_index >= 0)
         return np.concatenate([inverse, spreads, self.normal_block[self.cholesky_rows]]).astype(np.int64)
 
-    def starting_values(self, logit: np.ndarray | None = None, spread: float = 0.1) -> np.ndarray:
+    def starting_values(self, logit: np.ndarray | None = None, spread: float | np.ndarray = 0.1) -> np.ndarray:
         """Starting :math:`\\theta`: locations from ``logit`` coefficients (user order) mapped to each
-        distribution's location, spreads ``spread`` (Cholesky diagonal ``spread``, off-diagonal 0)."""
+        distribution's location, spreads from ``spread`` (a number, or one per coefficient in the user's order; the
+        Cholesky diagonal takes its coefficient's spread, the off-diagonal 0)."""
+        K = len(self.coefficients)
+        spreads = np.broadcast_to(np.asarray(spread, dtype=np.float64), (K,))
         theta = np.zeros(self.size)
         if logit is not None:
-            theta[: len(self.coefficients)] = logit
+            theta[:K] = logit
         for r, distribution in enumerate(self.random_distributions):
             k = self.order[r]
             if distribution == "lognormal":
                 theta[k] = np.log(max(abs(theta[k]), 1e-2))
             elif distribution == "truncated_normal":
-                theta[k] = max(theta[k], spread)
-        theta[self.sd_index[self.sd_index >= 0]] = spread
+                theta[k] = max(theta[k], spreads[k])
+            if self.sd_index[r] >= 0:
+                theta[self.sd_index[r]] = spreads[k]
         diagonal = self.cholesky_rows == self.cholesky_columns
-        theta[self.cholesky_index[diagonal]] = spread
+        rows = self.normal_block[self.cholesky_rows[diagonal]]
+        theta[self.cholesky_index[diagonal]] = spreads[self.order[rows]]
         return theta
 
     def covariance_of_normals(self, theta: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -210,3 +218,101 @@ class ParameterSpace:
             "distributions": dict(self.distributions),
             "correlated": bool(self.correlated),
         }
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The names of the choice and id columns of a user's table."""
+
+    choice: str | None
+    situation_ids: str
+    individual_ids: str
+    alternative_ids: str
+
+    def __post_init__(self) -> None:
+        for name in ("situation_ids", "individual_ids", "alternative_ids"):
+            if not isinstance(getattr(self, name), str):
+                raise SpecificationError(f"{name} must name a column; received {getattr(self, name)!r}.")
+        if self.choice is not None and not isinstance(self.choice, str):
+            raise SpecificationError(f"choice must name a column; received {self.choice!r}.")
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "choice": self.choice,
+            "situation_ids": self.situation_ids,
+            "individual_ids": self.individual_ids,
+            "alternative_ids": self.alternative_ids,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSpecification:
+    """Everything that defines a mixed logit apart from its data: enough to rebuild it on new data.
+
+    ``integration`` carries the resolved seed, so the draws of new data are reproducible.
+    """
+
+    formulation: Formulation
+    columns: Columns
+    random: dict[str, str]
+    correlated: bool
+    state_dependence: StateDependence | None
+    outside: bool
+    integration: Integration
+    covariates: tuple[str, ...]
+    utility: Callable[..., Any] | None = None
+
+    @property
+    def coefficients(self) -> tuple[str, ...]:
+        """Coefficient names: the covariates, with the lagged choice's coefficient called ``'gamma'``."""
+        return tuple(STATE_COEFFICIENT if c == STATE_VARIABLE else c for c in self.covariates)
+
+    @property
+    def distributions(self) -> dict[str, str]:
+        """Distribution of every random coefficient, ``'gamma'`` included."""
+        out = dict(self.random)
+        if self.state_dependence is not None and self.state_dependence.distribution is not None:
+            out[STATE_COEFFICIENT] = self.state_dependence.distribution
+        return out
+
+    def space(self) -> ParameterSpace:
+        return ParameterSpace(self.coefficients, self.distributions, self.correlated)
+
+    def to_dict(self) -> dict[str, Any]:
+        sd = self.state_dependence
+        return {
+            "formula": self.formulation.formula,
+            "columns": self.columns.to_dict(),
+            "random": dict(self.random),
+            "correlated": bool(self.correlated),
+            "state_dependence": None if sd is None else {"burn_in": sd.burn_in, "random": sd.random},
+            "outside": bool(self.outside),
+            "integration": {
+                "specification": self.integration.specification,
+                "size": self.integration.size,
+                "options": dict(self.integration.options),
+            },
+            "covariates": list(self.covariates),
+            "utility": None if self.utility is None else getattr(self.utility, "__qualname__", repr(self.utility)),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], utility: Callable[..., Any] | None = None) -> ModelSpecification:
+        """Rebuild from :meth:`to_dict`; a user-defined utility must be passed again."""
+        if values.get("utility") is not None and utility is None:
+            raise SpecificationError(
+                f"These results were estimated with the user-defined utility {values['utility']!r}; pass it again as "
+                "utility=..."
+            )
+        integration = values["integration"]
+        return cls(
+            formulation=Formulation(values["formula"]),
+            columns=Columns(**values["columns"]),
+            random=dict(values["random"]),
+            correlated=bool(values["correlated"]),
+            state_dependence=StateDependence.build(values["state_dependence"]),
+            outside=bool(values["outside"]),
+            integration=Integration(integration["specification"], integration["size"], integration["options"]),
+            covariates=tuple(values["covariates"]),
+            utility=utility,
+        )
