@@ -168,3 +168,14 @@ def test_progress_bar_and_initial_values(simulated, capsys):
     quiet = model.fit(progress=False, initial=results.params.to_numpy())
     assert quiet.statistics["iterations"] <= 3
     assert capsys.readouterr().err == ""
+
+
+def test_float32_accuracy_bound(results, simulated):
+    """float32 (a GPU option) converges to within a few hundredths of a standard error of the float64 fit."""
+    single = _model(simulated.data).fit(progress=False, dtype=torch.float32)
+    assert single.converged
+    assert abs(single.loglikelihood - results.loglikelihood) < 1e-3
+    assert ((single.params - results.params) / results.se).abs().max() < 0.05
+    assert (single.se / results.se - 1).abs().max() < 0.05
+    with pytest.raises(SpecificationError, match="dtype"):
+        _model(simulated.data).fit(progress=False, dtype=torch.float16)

@@ -52,6 +52,8 @@ Parameters = Mapping[str, float] | pd.Series | np.ndarray
 DEFAULT_INTEGRATION = Integration("halton", 500, {"seed": 0})
 #: BFGS gradient tolerance on the mean negative log-likelihood when the user does not give one
 DEFAULT_GTOL = 1e-5
+#: the default gradient tolerance under float32, whose rounding of the mean log-likelihood is about 1e-7
+FLOAT32_GTOL = 1e-3
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -237,7 +239,8 @@ class MixedLogit:
         Parameters
         ----------
         optimization : Optimization, optional
-            The optimizer; by default ``Optimization('bfgs', {'gtol': 1e-5})``. With ``'bfgs'`` and no
+            The optimizer; by default ``Optimization('bfgs', {'gtol': 1e-5})`` (``1e-3`` under float32, whose
+            rounding of the mean log-likelihood stops a tighter line search). With ``'bfgs'`` and no
             ``hess_inv0`` option, the first inverse Hessian is the inverse outer product of the scores (BHHH) at the
             starting values. The objective is the *mean* negative log-likelihood per individual.
         gradient : {'analytic', 'autograd'}, optional
@@ -258,12 +261,16 @@ class MixedLogit:
         progress : bool
             Whether to show a tqdm progress bar over objective evaluations.
         dtype : torch.dtype
-            Floating point type of the computation.
+            ``torch.float64`` (the default) or ``torch.float32``, an option for GPUs: the estimates stay within a
+            few hundredths of a standard error of float64's (tested), the covariances are computed at the same
+            precision.
         """
         start = time.perf_counter()
         check_choice("covariance", covariance, CovarianceType)
         method = self._method(gradient)
-        optimization = _default_optimization(optimization)
+        if dtype not in (torch.float64, torch.float32):
+            raise SpecificationError(f"dtype must be torch.float64 or torch.float32; received {dtype}.")
+        optimization = _default_optimization(optimization, dtype)
         engine = self._engine(device, dtype, chunk_size)
         theta0 = self._starting_values(initial, engine.device, dtype, chunk_size, method)
         n = self.panel.n_individuals
@@ -392,9 +399,10 @@ def _fresh_seed() -> int:
     return int(np.random.SeedSequence().generate_state(1)[0])
 
 
-def _default_optimization(optimization: Optimization | None) -> Optimization:
+def _default_optimization(optimization: Optimization | None, dtype: torch.dtype = torch.float64) -> Optimization:
     if optimization is None:
-        return Optimization("bfgs", {"gtol": DEFAULT_GTOL})
+        gtol = DEFAULT_GTOL if dtype == torch.float64 else FLOAT32_GTOL
+        return Optimization("bfgs", {"gtol": gtol})
     if not isinstance(optimization, Optimization):
         raise SpecificationError(
             f"optimization must be a demandkit.Optimization; received {type(optimization).__name__}."
