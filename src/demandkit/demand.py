@@ -16,13 +16,16 @@ from torch import Tensor
 from .kernels.fixed_point import (
     FixedPointResult,
     ImplicitInversion,
+    Pullback,
     iterate_newton,
     iterate_simple,
     iterate_squarem,
+    residual_pullback,
 )
 from .kernels.shares import (
     MASKED,
     ExpUtilities,
+    LogitProbabilities,
     Nesting,
     Probabilities,
     agent_utilities,
@@ -186,11 +189,56 @@ class DemandModel:
             else:
                 result = iterate_squarem(contraction, start, self.mask, options)
 
+        delta = ImplicitInversion.apply(result.values, self.pullback(), sigma, pi, rho)
+        return Inversion(delta, result)
+
+    # ------------------------------------------------------------ implicit derivative
+    def pullback(self) -> Pullback:
+        """The implicit derivative's backward pass: in closed form for the logit, generic under nesting."""
+
         def residual(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
             return torch.where(self.mask, self.log_shares(delta, self.mu(sigma_, pi_), rho_), 0.0)
 
         def jacobian(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
             return self.log_share_jacobian(delta, self.mu(sigma_, pi_), rho_)
 
-        delta = ImplicitInversion.apply(result.values, residual, jacobian, sigma, pi, rho)
-        return Inversion(delta, result)
+        generic = residual_pullback(residual, jacobian)
+        if self.nesting is not None:
+            return generic
+
+        def logit(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
+            return self._logit_pullback(delta, grad, params, wanted, generic)
+
+        return logit
+
+    def _logit_pullback(self, delta: Tensor, grad: Tensor, params: tuple, wanted: list, generic: Pullback) -> list:
+        """Closed-form pullback of :math:`F = \\log s(\\delta, \\theta) - \\log S` for the random-coefficients logit.
+
+        With :math:`s_j = \\sum_i w_i P_{ij}` and :math:`W_{jk} = \\sum_i w_i P_{ij} P_{ik}`,
+        :math:`\\partial\\log s_j/\\partial\\delta_k = 1\\{j=k\\} - W_{jk}/s_j`, so :math:`\\lambda` solves
+        :math:`(I - W\\,\\mathrm{diag}(1/s))\\lambda = g`. With :math:`a = \\lambda/s`,
+        :math:`\\partial(\\lambda'\\log s)/\\partial\\mu_{ik} = w_i P_{ik}(a_k - \\sum_j a_j P_{ij})`, pulled back to
+        :math:`\\theta` through :math:`\\mu(\\theta)` by autograd. One exponential and one batched product of
+        ``[T, J, I]`` tensors, instead of a second pass through the log-space kernel and its autograd graph.
+        """
+        sigma, pi, _ = params
+        with torch.no_grad():
+            probabilities = LogitProbabilities.apply(delta, self.mu(sigma, pi), self.mask)
+            weighted = probabilities * self.weights.unsqueeze(1)
+            shares = weighted.sum(-1)
+            if not bool(((shares > 0) | ~self.mask).all()):  # an underflowing share: the log-space path
+                return generic(delta, grad, params, wanted)
+            inverse = torch.where(self.mask, 1 / torch.where(self.mask, shares, 1.0), 0.0)
+            both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
+            eye = torch.eye(self.mask.shape[1], dtype=delta.dtype, device=delta.device).expand(both.shape)
+            products = torch.bmm(weighted, probabilities.transpose(1, 2))
+            matrix = torch.where(both, eye - products * inverse.unsqueeze(1), eye)
+            adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
+            scaled = adjoint * inverse
+            mean = torch.matmul(scaled.unsqueeze(1), probabilities).squeeze(1)  # sum_j a_j P_ij, [T, I]
+            mu_grad = weighted * (scaled.unsqueeze(-1) - mean.unsqueeze(1))
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
+            pairing = -(self.mu(inputs[0], inputs[1]) * mu_grad).sum()
+            targets = [inputs[i] for i in wanted]
+            return list(torch.autograd.grad(pairing, targets, allow_unused=True))

@@ -111,6 +111,7 @@ class GMMObjective:
     ) -> None:
         self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
         self.supply = SupplyModel(problem, model) if problem.K3 else None
+        self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
         self.system = StackedSystem.build(problem, space)
         self.iv = LinearIV.build(self.system.X, self.system.Z, W)
         self.start = delta_start
@@ -133,7 +134,7 @@ class GMMObjective:
         y = delta_rows - p.X1_tensor @ beta
         if self.supply is None:
             return y, inversion, delta_rows, None, 0
-        markups = self.supply.markups(inversion.delta, sigma, pi, rho, beta)
+        markups = self.supply.markups(inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares)
         costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot]
         lower, upper = self.costs_bounds
         clipped = int(((costs < lower) | (costs > upper)).sum())
@@ -461,9 +462,17 @@ def _updated_W(
 
 def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluation) -> None:
     if not optimized.converged:
+        norm = float(np.abs(optimized.gradient).max()) if optimized.gradient.size else 0.0
+        advice = "Try other starting values, a different Optimization method or a looser gtol."
+        if optimized.message.upper().startswith("ABNORMAL"):
+            advice = (
+                "The line search could not decrease the objective any further, which usually means that it is flat "
+                "to floating-point precision there (PyBLP's L-BFGS-B stops the same way); with a small gradient the "
+                "estimates are at the optimum to that precision. " + advice
+            )
         warnings.warn(
-            f"GMM step {step}: the optimizer stopped without converging ({optimized.message}). Try other "
-            "starting values, a different Optimization method or a looser gtol.",
+            f"GMM step {step}: the optimizer stopped without converging ({optimized.message.strip()}) with "
+            f"gradient infinity norm {norm:.2e}. {advice}",
             ConvergenceWarning,
             stacklevel=4,
         )

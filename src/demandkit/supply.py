@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .demand import DemandModel
 from .kernels.markups import bertrand_markups
-from .kernels.shares import share_jacobian
+from .kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
 
 
 class SupplyModel:
@@ -42,13 +42,34 @@ class SupplyModel:
         return derivatives.expand(-1, -1, self.demand.weights.shape[1])
 
     def markups(
-        self, delta: Tensor, sigma: Tensor, pi: Tensor, rho: Tensor, beta: Tensor, ownership: Tensor | None = None
+        self,
+        delta: Tensor,
+        sigma: Tensor,
+        pi: Tensor,
+        rho: Tensor,
+        beta: Tensor,
+        ownership: Tensor | None = None,
+        shares: Tensor | None = None,
     ) -> Tensor:
-        """Bertrand-Nash markups ``[T, J]`` under ``ownership`` (the data's by default)."""
+        """Bertrand-Nash markups ``[T, J]`` under ``ownership`` (the data's by default).
+
+        ``shares`` (``[T, J]``) are the shares in the first-order conditions; by default those implied by
+        ``delta``. In estimation ``delta`` solves :math:`s(\\delta, \\theta) = S`, so passing the observed
+        :math:`S` gives the same values and, since :math:`s(\\delta^*(\\theta), \\theta) \\equiv S`, the same
+        derivatives, without differentiating the shares.
+        """
         coefficients = self.demand.coefficients(sigma, pi)
         mu = None if coefficients is None else self.demand.heterogeneity(coefficients)
-        probabilities = self.demand.probabilities(delta, mu, rho)
         derivatives = self.price_derivatives(beta, coefficients)
-        jacobian = share_jacobian(probabilities, self.demand.weights, self.mask, self.demand.nesting, derivatives)
-        shares = (torch.exp(probabilities.log_probabilities) * self.demand.weights.unsqueeze(1)).sum(-1)
+        weights = self.demand.weights
+        if self.demand.nesting is None:
+            P = LogitProbabilities.apply(delta, mu, self.mask)
+            jacobian = logit_share_jacobian(P, weights, derivatives)
+            if shares is None:
+                shares = (P * weights.unsqueeze(1)).sum(-1)
+        else:
+            probabilities = self.demand.probabilities(delta, mu, rho)
+            jacobian = share_jacobian(probabilities, weights, self.mask, self.demand.nesting, derivatives)
+            if shares is None:
+                shares = (torch.exp(probabilities.log_probabilities) * weights.unsqueeze(1)).sum(-1)
         return bertrand_markups(jacobian, self.ownership if ownership is None else ownership, shares, self.mask)

@@ -154,37 +154,56 @@ def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, o
     return FixedPointResult(x, done, counts, counts.clone())
 
 
+Pullback = Callable[[Tensor, Tensor, tuple, list], list]
+"""``pullback(delta, grad, params, wanted)``: the gradients :math:`-(\\partial F/\\partial\\theta_i)'\\lambda` of the
+parameters ``params[i]`` for ``i`` in ``wanted``, with :math:`\\lambda` solving
+:math:`(\\partial F/\\partial\\delta)'\\lambda = ` ``grad``."""
+
+
 class ImplicitInversion(torch.autograd.Function):
     """Attach :math:`\\partial\\delta^*/\\partial\\theta` to a solved fixed point by the implicit function theorem.
 
-    ``apply(delta, residual, jacobian, *params)`` returns ``delta`` unchanged. ``residual(delta, *params)``
-    is the differentiable part of :math:`F` (log shares, ``[T, J]``) and ``jacobian(delta, *params)`` its
-    derivative with respect to ``delta`` (``[T, J, J]``, identity on padded slots).
+    ``apply(delta, pullback, *params)`` returns ``delta`` unchanged; the backward pass hands the incoming
+    gradient to ``pullback`` (see :data:`Pullback`), built by :func:`residual_pullback` from any differentiable
+    residual, or in closed form for a kernel that has one.
     """
 
     @staticmethod
-    def forward(ctx: Any, delta: Tensor, residual: Callable, jacobian: Callable, *params: Tensor) -> Tensor:
-        ctx.residual = residual
-        ctx.jacobian = jacobian
+    def forward(ctx: Any, delta: Tensor, pullback: Pullback, *params: Tensor) -> Tensor:
+        ctx.pullback = pullback
         ctx.save_for_backward(delta, *params)
         return delta.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:
         delta, *params = ctx.saved_tensors
-        with torch.no_grad():
-            matrix = ctx.jacobian(delta, *params)
-            adjoint = torch.linalg.solve(matrix.transpose(-1, -2), grad.unsqueeze(-1)).squeeze(-1)
-        wanted = [i for i, p in enumerate(params) if ctx.needs_input_grad[3 + i]]
+        wanted = [i for i in range(len(params)) if ctx.needs_input_grad[2 + i]]
         grads: list[Tensor | None] = [None] * len(params)
         if wanted:
-            with torch.enable_grad():
-                inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
-                output = ctx.residual(delta, *inputs)
-                # the vector-Jacobian product as the gradient of a scalar: passing ``grad_outputs`` instead makes
-                # torch import sympy on first use (about a second of every fresh process)
-                pairing = -(output * adjoint).sum()
-                found = torch.autograd.grad(pairing, [inputs[i] for i in wanted], allow_unused=True)
-            for i, g in zip(wanted, found, strict=True):
+            for i, g in zip(wanted, ctx.pullback(delta, grad, tuple(params), wanted), strict=True):
                 grads[i] = g
-        return (None, None, None, *grads)
+        return (None, None, *grads)
+
+
+def residual_pullback(residual: Callable, jacobian: Callable) -> Pullback:
+    """The :data:`Pullback` of :math:`F` from its differentiable part and its Jacobian in :math:`\\delta`.
+
+    ``residual(delta, *params)`` is the differentiable part of :math:`F` (log shares, ``[T, J]``) and
+    ``jacobian(delta, *params)`` its derivative with respect to ``delta`` (``[T, J, J]``, identity on padded
+    slots); one batched linear solve per market gives :math:`\\lambda`, one reverse pass through ``residual``
+    the parameters' gradients.
+    """
+
+    def pullback(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
+        with torch.no_grad():
+            matrix = jacobian(delta, *params)
+            adjoint = torch.linalg.solve(matrix.transpose(-1, -2), grad.unsqueeze(-1)).squeeze(-1)
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
+            output = residual(delta, *inputs)
+            # the vector-Jacobian product as the gradient of a scalar: passing ``grad_outputs`` instead makes
+            # torch import sympy on first use (about a second of every fresh process)
+            pairing = -(output * adjoint).sum()
+            return list(torch.autograd.grad(pairing, [inputs[i] for i in wanted], allow_unused=True))
+
+    return pullback

@@ -24,6 +24,7 @@ finite utility :data:`MASKED` so that their exponentials are exactly zero and no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,6 +79,51 @@ def agent_utilities(delta: Tensor, mu: Tensor | None, product_mask: Tensor) -> T
     """Utilities :math:`u_{ijt} = \\delta_{jt} + \\mu_{ijt}`, ``[T, J, I]``, padded slots set to :data:`MASKED`."""
     utilities = delta.unsqueeze(-1) if mu is None else delta.unsqueeze(-1) + mu
     return torch.where(product_mask.unsqueeze(-1), utilities, torch.full_like(utilities, MASKED))
+
+
+class LogitProbabilities(torch.autograd.Function):
+    """Logit choice probabilities :math:`P_{ijt} = e^{u_{ijt}}/(1 + \\sum_k e^{u_{ikt}})` from ``delta`` and ``mu``.
+
+    ``apply(delta [T, J], mu [T, J, I] or None, product_mask [T, J])`` returns ``P [T, J, I]`` (zero in padded
+    slots), computed with the shift :math:`m_{it} = \\max(0, \\max_j u_{ijt})` so that no exponential
+    overflows. The backward pass is the logit's closed form
+    :math:`\\partial L/\\partial u_{ijt} = P_{ijt}(g_{ijt} - \\sum_k g_{ikt} P_{ikt})` for incoming gradient
+    :math:`g`, written with differentiable operations on the saved output so that double backward works. It
+    touches three ``[T, J, I]`` tensors where the log-space path of :func:`compute_probabilities` (used under
+    nesting) touches about ten.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, delta: Tensor, mu: Tensor | None, product_mask: Tensor) -> Tensor:
+        utilities = delta.unsqueeze(-1) if mu is None else delta.unsqueeze(-1) + mu
+        utilities = torch.where(product_mask.unsqueeze(-1), utilities, torch.full_like(utilities, MASKED))
+        peak = utilities.amax(dim=1, keepdim=True).clamp_min(0)
+        exponentials = torch.exp(utilities - peak)
+        probabilities = exponentials / (torch.exp(-peak) + exponentials.sum(dim=1, keepdim=True))
+        ctx.save_for_backward(probabilities)
+        ctx.has_mu = mu is not None
+        return probabilities
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        (probabilities,) = ctx.saved_tensors
+        utilities_grad = probabilities * (grad - (grad * probabilities).sum(dim=1, keepdim=True))
+        delta_grad = utilities_grad.sum(dim=-1) if ctx.needs_input_grad[0] else None
+        mu_grad = utilities_grad if ctx.has_mu and ctx.needs_input_grad[1] else None
+        return delta_grad, mu_grad, None
+
+
+def logit_share_jacobian(probabilities: Tensor, weights: Tensor, derivatives: Tensor | None = None) -> Tensor:
+    """Logit share Jacobian :math:`\\partial s_{jt}/\\partial x_{kt}`, ``[T, J, J]``.
+
+    :math:`\\partial s_{jt}/\\partial x_{kt} = \\sum_i w_{it} \\alpha_{ikt} P_{ijt}(1\\{j=k\\} - P_{ikt})`:
+    the logit case of :func:`share_jacobian` from probabilities ``P [T, J, I]`` (zero in padded slots, e.g.
+    from :class:`LogitProbabilities`); ``derivatives`` :math:`\\alpha` as there (ones when None).
+    """
+    weighted = probabilities * weights.unsqueeze(1)
+    scaled = probabilities if derivatives is None else probabilities * derivatives
+    diagonal = weighted.sum(-1) if derivatives is None else (weighted * derivatives).sum(-1)
+    return torch.diag_embed(diagonal) - torch.einsum("tji,tki->tjk", weighted, scaled)
 
 
 def _group_logsumexp(values: Tensor, nesting: Nesting) -> Tensor:
