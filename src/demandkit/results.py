@@ -7,9 +7,6 @@ and ``xi`` are ``N x 1``, ...). Post-estimation comes from
 
 from __future__ import annotations
 
-import json
-import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
+from .persistence import Persistent
 from .postestimation import DemandPostEstimation
 
 
@@ -26,7 +24,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
 
 
-class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
+class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
     """Results of :meth:`Problem.solve`.
 
     Attributes
@@ -201,21 +199,6 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation):
                 "first_stage": self.first_stage.to_dict(orient="records"),
             }
         )
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    def to_pickle(self, path: str | Path) -> None:
-        with open(path, "wb") as file:
-            pickle.dump(self, file)
-
-    @staticmethod
-    def from_pickle(path: str | Path) -> ProblemResults:
-        with open(path, "rb") as file:
-            return pickle.load(file)
 
 
 def _json_ready(value: Any) -> Any:

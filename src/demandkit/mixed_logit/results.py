@@ -7,11 +7,8 @@ dropped by :meth:`MixedLogitResults.to_dict`, kept by pickling).
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +18,13 @@ from scipy.stats import norm
 
 from ..exceptions import SpecificationError
 from ..options import check_choice
+from ..persistence import Persistent
 from . import postestimation
 from .engine import Engine
 from .specification import COVARIANCE_TYPES, STATE_VARIABLE, CovarianceType, ModelSpecification
 
 
-class MixedLogitResults:
+class MixedLogitResults(Persistent):
     """Results of :meth:`MixedLogit.fit`.
 
     Attributes
@@ -267,18 +265,3 @@ class MixedLogitResults:
             hessian=np.asarray(values["hessian"]),
             statistics=values["statistics"],
         )
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    def to_pickle(self, path: str | Path) -> None:
-        with open(path, "wb") as handle:
-            pickle.dump(self, handle)
-
-    @staticmethod
-    def from_pickle(path: str | Path) -> MixedLogitResults:
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
