@@ -43,18 +43,7 @@ def test_gradient_matches_finite_differences(case):
     sigma = np.array([[0.4, 0.0], [0.2, 0.6]])
     pi = np.array([[0.0], [0.3]])
     rho = 0.5 if spec["nested"] else None
-    space = ParameterSpace.build(
-        sigma,
-        pi,
-        rho,
-        problem.K2,
-        problem.D,
-        problem.H,
-        problem.design.X2_labels,
-        problem.design.demographics_labels,
-        bounded=False,
-        X1_labels=problem.design.X1_labels,
-    )
+    space = ParameterSpace.for_problem(problem, sigma, pi, rho, bounded=False)
     W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
     objective = GMMObjective(
         problem,
@@ -118,20 +107,7 @@ def test_supply_gradient_matches_finite_differences(costs_type):
         agents,
         costs_type=costs_type,
     )
-    space = ParameterSpace.build(
-        [[0.6]],
-        None,
-        None,
-        problem.K2,
-        problem.D,
-        problem.H,
-        problem.design.X2_labels,
-        problem.design.demographics_labels,
-        bounded=False,
-        beta=[np.nan, -1.5, np.nan],
-        X1_labels=problem.design.X1_labels,
-        X3_labels=problem.X3_labels,
-    )
+    space = ParameterSpace.for_problem(problem, [[0.6]], None, None, bounded=False, beta=[np.nan, -1.5, np.nan])
     from demandkit.estimation import StackedSystem, _initial_W
 
     W = _initial_W(problem, StackedSystem.build(problem, space), None)

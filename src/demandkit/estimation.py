@@ -330,23 +330,17 @@ def solve(
         raise SpecificationError("W_type or se_type 'clustered' needs a clustering_ids column in product_data.")
     optimization = optimization or Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8})  # PyBLP's default
     iteration = iteration or Iteration()
-    space = ParameterSpace.build(
+    space = ParameterSpace.for_problem(
+        problem,
         sigma,
         pi,
         rho,
-        problem.K2,
-        problem.D,
-        problem.H,
-        problem.design.X2_labels,
-        problem.design.demographics_labels,
         optimization.supports_bounds,
-        sigma_bounds,
-        pi_bounds,
-        rho_bounds,
+        sigma_bounds=sigma_bounds,
+        pi_bounds=pi_bounds,
+        rho_bounds=rho_bounds,
         beta=beta,
         gamma=gamma,
-        X1_labels=problem.design.X1_labels,
-        X3_labels=problem.X3_labels,
         beta_bounds=beta_bounds,
         gamma_bounds=gamma_bounds,
     )

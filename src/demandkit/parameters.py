@@ -76,6 +76,25 @@ class ParameterSpace:
     labels: list[str]
 
     @classmethod
+    def for_problem(cls, problem: Any, sigma: Any, pi: Any, rho: Any, bounded: bool, **options: Any) -> ParameterSpace:
+        """:meth:`build` with the dimensions and labels of ``problem``; ``options`` are :meth:`build`'s bounds and
+        ``beta``/``gamma`` starting values."""
+        return cls.build(
+            sigma,
+            pi,
+            rho,
+            problem.K2,
+            problem.D,
+            problem.H,
+            problem.design.X2_labels,
+            problem.design.demographics_labels,
+            bounded,
+            X1_labels=problem.design.X1_labels,
+            X3_labels=problem.X3_labels,
+            **options,
+        )
+
+    @classmethod
     def build(
         cls,
         sigma: Any,
