@@ -152,3 +152,76 @@ def test_float32_accuracy_bound():
     np.testing.assert_allclose(single.objective, double.objective, rtol=1e-4)
     np.testing.assert_allclose(single.beta, double.beta, rtol=1e-4)
     np.testing.assert_allclose(single.delta, double.delta, rtol=1e-4, atol=1e-4)
+
+
+def _markups_inputs(seed=0, T=3, J=5, I=7, uniform_alpha=True):
+    """Random logit inputs with padding: market 1 has 3 products and market 2 has 4."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(T, J, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2, 4:] = False
+    delta = torch.randn(T, J, generator=g, dtype=torch.float64) - 1
+    mu = torch.randn(T, J, I, generator=g, dtype=torch.float64)
+    mu = torch.where(mask.unsqueeze(-1), mu, 0.0)
+    shape = (T, 1, I) if uniform_alpha else (T, J, I)
+    alpha = -1 - torch.rand(shape, generator=g, dtype=torch.float64)
+    weights = torch.full((T, I), 1 / I, dtype=torch.float64)
+    firm_ids = torch.tensor([[0, 1, 0, 2, 1], [3, 3, 4, 0, 0], [5, 6, 5, 5, 0]])
+    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    ownership = ((firm_ids.unsqueeze(-1) == firm_ids.unsqueeze(-2)) & both).to(torch.float64)
+    shares = torch.where(mask, 0.1 + 0.05 * torch.rand(T, J, generator=g, dtype=torch.float64), 0.0)
+    return delta, mu, alpha, weights, ownership, shares, mask
+
+
+def _generic_markups(delta, mu, alpha, weights, ownership, shares, mask):
+    from demandkit.kernels.markups import bertrand_markups
+    from demandkit.kernels.shares import LogitProbabilities, logit_share_jacobian
+
+    P = LogitProbabilities.apply(delta, mu, mask)
+    jacobian = logit_share_jacobian(P, weights, alpha.expand_as(P))
+    return bertrand_markups(jacobian, ownership, shares, mask)
+
+
+@pytest.mark.parametrize("ownership_kind", ["firms", "firms_as_matrix", "partial"])
+@pytest.mark.parametrize("uniform_alpha", [True, False])
+def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uniform_alpha):
+    """Closed-form markups backward (firm sums or a full ownership matrix) equals autograd through the generic path."""
+    from demandkit.kernels.markups import LogitMarkups
+    from demandkit.kernels.shares import LogitProbabilities
+    from demandkit.supply import firm_indicator
+
+    delta, mu, alpha, weights, ownership, shares, mask = _markups_inputs(uniform_alpha=uniform_alpha)
+    if ownership_kind == "partial":
+        both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+        ownership = torch.where(both, 0.5 * ownership + 0.2, 0.0)
+        ownership = torch.where(torch.eye(5, dtype=torch.bool), torch.where(mask, 1.0, 0.0).unsqueeze(-1), ownership)
+    firms = firm_indicator(ownership, mask) if ownership_kind == "firms" else None
+    assert (firms is None) == (ownership_kind != "firms")
+    cotangent = torch.randn(delta.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def gradients(function):
+        inputs = [x.clone().requires_grad_(True) for x in (delta, mu, alpha)]
+        markups = function(*inputs)
+        return [markups.detach()] + list(torch.autograd.grad((markups * cotangent).sum(), inputs))
+
+    def fast(d, m, a):
+        P = LogitProbabilities.apply(d.detach(), m.detach(), mask)
+        return LogitMarkups.apply(d, m, a, P, weights, ownership, shares, mask, firms)
+
+    expected = gradients(lambda d, m, a: _generic_markups(d, m, a, weights, ownership, shares, mask))
+    for got, want, name in zip(gradients(fast), expected, ["markups", "delta", "mu", "alpha"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+    assert bool((expected[0][~mask] == 0).all())
+
+
+def test_firm_indicator_factors_firm_ownership_only():
+    from demandkit.supply import firm_indicator
+
+    _, _, _, _, ownership, _, mask = _markups_inputs()
+    firms = firm_indicator(ownership, mask)
+    torch.testing.assert_close(firms.transpose(1, 2) @ firms, ownership)
+    assert firms.shape == (3, 3, 5)  # at most three firms in a market
+    assert firm_indicator(0.5 * ownership, mask) is None  # kappa-style partial ownership
+    broken = ownership.clone()
+    broken[0, 0, 2] = 0.0  # not symmetric: not an equivalence of products
+    assert firm_indicator(broken, mask) is None

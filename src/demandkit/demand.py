@@ -43,6 +43,8 @@ class Inversion:
 
     delta: Tensor  # [T, J], differentiable in theta through the implicit function theorem
     result: FixedPointResult
+    mu: Tensor | None = None  # [T, J, I], differentiable in theta (random-coefficients logit only)
+    probabilities: Tensor | None = None  # [T, J, I] at delta + mu, detached (random-coefficients logit only)
 
 
 class DemandModel:
@@ -152,8 +154,10 @@ class DemandModel:
             delta = self.closed_form_delta(rho)
             ones = torch.ones(T, dtype=torch.int64, device=delta.device)
             return Inversion(delta, FixedPointResult(delta.detach(), ones.bool(), 0 * ones, 0 * ones))
+        logit = self.nesting is None
+        differentiable_mu = self.mu(sigma, pi) if logit else None
         with torch.no_grad():
-            mu = self.mu(sigma.detach(), pi.detach())
+            mu = differentiable_mu.detach() if logit else self.mu(sigma.detach(), pi.detach())
             r = rho.detach()
             damp = self.dampener(r)
             target = self.log_market_shares
@@ -163,7 +167,8 @@ class DemandModel:
                 return torch.where(self.mask, x + damp * (target - self.log_shares(x, mu, r)), 0.0)
 
             contraction = exact_contraction
-            if self.nesting is None:
+            fast = None
+            if logit:
                 fast = ExpUtilities.build(mu, self.mask, self.weights)
 
                 def contraction(x: Tensor) -> Tensor:
@@ -189,12 +194,22 @@ class DemandModel:
             else:
                 result = iterate_squarem(contraction, start, self.mask, options)
 
-        delta = ImplicitInversion.apply(result.values, self.pullback(), sigma, pi, rho)
-        return Inversion(delta, result)
+            probabilities = None
+            if fast is not None:
+                probabilities = torch.where(self.mask.unsqueeze(-1), fast.probabilities(result.values), 0.0)
+                if not bool(torch.isfinite(probabilities).all()):
+                    probabilities = LogitProbabilities.apply(result.values, mu, self.mask)
+
+        if probabilities is None:
+            delta = ImplicitInversion.apply(result.values, self.pullback(), sigma, pi, rho)
+            return Inversion(delta, result)
+        delta = ImplicitInversion.apply(result.values, self.mu_pullback(probabilities, r), differentiable_mu)
+        return Inversion(delta, result, differentiable_mu, probabilities)
 
     # ------------------------------------------------------------ implicit derivative
     def pullback(self) -> Pullback:
-        """The implicit derivative's backward pass: in closed form for the logit, generic under nesting."""
+        """The implicit derivative's backward pass in :math:`(\\Sigma, \\Pi, \\rho)`, by autograd through the
+        log-space kernel (nested logit; the logit takes :meth:`mu_pullback`)."""
 
         def residual(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
             return torch.where(self.mask, self.log_shares(delta, self.mu(sigma_, pi_), rho_), 0.0)
@@ -202,43 +217,41 @@ class DemandModel:
         def jacobian(delta: Tensor, sigma_: Tensor, pi_: Tensor, rho_: Tensor) -> Tensor:
             return self.log_share_jacobian(delta, self.mu(sigma_, pi_), rho_)
 
-        generic = residual_pullback(residual, jacobian)
-        if self.nesting is not None:
-            return generic
+        return residual_pullback(residual, jacobian)
 
-        def logit(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
-            return self._logit_pullback(delta, grad, params, wanted, generic)
-
-        return logit
-
-    def _logit_pullback(self, delta: Tensor, grad: Tensor, params: tuple, wanted: list, generic: Pullback) -> list:
-        """Closed-form pullback of :math:`F = \\log s(\\delta, \\theta) - \\log S` for the random-coefficients logit.
+    def mu_pullback(self, probabilities: Tensor, rho: Tensor) -> Pullback:
+        """The implicit derivative's backward pass with respect to :math:`\\mu` itself, for the logit.
 
         With :math:`s_j = \\sum_i w_i P_{ij}` and :math:`W_{jk} = \\sum_i w_i P_{ij} P_{ik}`,
         :math:`\\partial\\log s_j/\\partial\\delta_k = 1\\{j=k\\} - W_{jk}/s_j`, so :math:`\\lambda` solves
-        :math:`(I - W\\,\\mathrm{diag}(1/s))\\lambda = g`. With :math:`a = \\lambda/s`,
-        :math:`\\partial(\\lambda'\\log s)/\\partial\\mu_{ik} = w_i P_{ik}(a_k - \\sum_j a_j P_{ij})`, pulled back to
-        :math:`\\theta` through :math:`\\mu(\\theta)` by autograd. One exponential and one batched product of
-        ``[T, J, I]`` tensors, instead of a second pass through the log-space kernel and its autograd graph.
+        :math:`(I - W\\,\\mathrm{diag}(1/s))\\lambda = g`, and with :math:`a = \\lambda/s` the gradient is
+        :math:`\\bar\\mu_{ik} = -w_i P_{ik}(a_k - \\sum_j a_j P_{ij})`. The probabilities at the solution come
+        from the inversion; autograd takes :math:`\\bar\\mu` on to :math:`\\theta` once, together with any other
+        use of :math:`\\mu` (the supply side's). A share that underflows takes the log-space path instead.
         """
-        sigma, pi, _ = params
-        with torch.no_grad():
-            probabilities = LogitProbabilities.apply(delta, self.mu(sigma, pi), self.mask)
-            weighted = probabilities * self.weights.unsqueeze(1)
-            shares = weighted.sum(-1)
-            if not bool(((shares > 0) | ~self.mask).all()):  # an underflowing share: the log-space path
-                return generic(delta, grad, params, wanted)
-            inverse = torch.where(self.mask, 1 / torch.where(self.mask, shares, 1.0), 0.0)
-            both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
-            eye = torch.eye(self.mask.shape[1], dtype=delta.dtype, device=delta.device).expand(both.shape)
-            products = torch.bmm(weighted, probabilities.transpose(1, 2))
-            matrix = torch.where(both, eye - products * inverse.unsqueeze(1), eye)
-            adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
-            scaled = adjoint * inverse
-            mean = torch.matmul(scaled.unsqueeze(1), probabilities).squeeze(1)  # sum_j a_j P_ij, [T, I]
-            mu_grad = weighted * (scaled.unsqueeze(-1) - mean.unsqueeze(1))
-        with torch.enable_grad():
-            inputs = [p.detach().requires_grad_(i in wanted) for i, p in enumerate(params)]
-            pairing = -(self.mu(inputs[0], inputs[1]) * mu_grad).sum()
-            targets = [inputs[i] for i in wanted]
-            return list(torch.autograd.grad(pairing, targets, allow_unused=True))
+
+        def residual(delta: Tensor, mu: Tensor) -> Tensor:
+            return torch.where(self.mask, self.log_shares(delta, mu, rho), 0.0)
+
+        def jacobian(delta: Tensor, mu: Tensor) -> Tensor:
+            return self.log_share_jacobian(delta, mu, rho)
+
+        generic = residual_pullback(residual, jacobian)
+
+        def pullback(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
+            with torch.no_grad():
+                weighted = probabilities * self.weights.unsqueeze(1)
+                shares = weighted.sum(-1)
+                if not bool(((shares > 0) | ~self.mask).all()):
+                    return generic(delta, grad, params, wanted)
+                inverse = torch.where(self.mask, 1 / torch.where(self.mask, shares, 1.0), 0.0)
+                both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
+                eye = torch.eye(self.mask.shape[1], dtype=delta.dtype, device=delta.device).expand(both.shape)
+                products = torch.bmm(weighted, probabilities.transpose(1, 2))
+                matrix = torch.where(both, eye - products * inverse.unsqueeze(1), eye)
+                adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
+                scaled = adjoint * inverse
+                mean = torch.matmul(scaled.unsqueeze(1), probabilities)  # sum_j a_j P_ij, [T, 1, I]
+                return [weighted.mul_(mean - scaled.unsqueeze(-1))]
+
+        return pullback

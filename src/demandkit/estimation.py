@@ -134,7 +134,9 @@ class GMMObjective:
         y = delta_rows - p.X1_tensor @ beta
         if self.supply is None:
             return y, inversion, delta_rows, None, 0
-        markups = self.supply.markups(inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares)
+        markups = self.supply.markups(
+            inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares, inversion=inversion
+        )
         costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot]
         lower, upper = self.costs_bounds
         clipped = int(((costs < lower) | (costs > upper)).sum())

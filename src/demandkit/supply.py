@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .demand import DemandModel
-from .kernels.markups import bertrand_markups
+from .demand import DemandModel, Inversion
+from .kernels.markups import LogitMarkups, bertrand_markups
 from .kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
 
 
@@ -29,6 +29,8 @@ class SupplyModel:
         self.dX1 = problem.dX1_padded
         self.dX2 = problem.dX2_padded
         self.costs_type = problem.costs_type
+        self.firms = firm_indicator(self.ownership, self.mask) if self.ownership is not None else None
+        self.uniform = _uniform_rows(self.dX1, self.mask) and (self.dX2 is None or _uniform_rows(self.dX2, self.mask))
 
     def price_derivatives(self, beta: Tensor, coefficients: Tensor | None) -> Tensor:
         """Utility derivatives :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``.
@@ -41,6 +43,17 @@ class SupplyModel:
             derivatives = derivatives + torch.einsum("tjk,tik->tji", self.dX2, coefficients)
         return derivatives.expand(-1, -1, self.demand.weights.shape[1])
 
+    def compact_price_derivatives(self, beta: Tensor, coefficients: Tensor) -> Tensor:
+        """:math:`\\alpha_{it}`, ``[T, 1, I]``, when the designs' price derivatives are the same for every product
+        (prices enter linearly), else :meth:`price_derivatives`."""
+        if not self.uniform:
+            return self.price_derivatives(beta, coefficients)
+        first = self.dX1[:1, :1]  # [1, 1, K1], the same row for every product
+        derivatives = (first @ beta).unsqueeze(-1)  # [1, 1, 1]
+        if self.dX2 is not None:
+            derivatives = derivatives + (coefficients @ self.dX2[0, 0]).unsqueeze(1)
+        return derivatives.expand(coefficients.shape[0], 1, coefficients.shape[1])
+
     def markups(
         self,
         delta: Tensor,
@@ -50,6 +63,7 @@ class SupplyModel:
         beta: Tensor,
         ownership: Tensor | None = None,
         shares: Tensor | None = None,
+        inversion: Inversion | None = None,
     ) -> Tensor:
         """Bertrand-Nash markups ``[T, J]`` under ``ownership`` (the data's by default).
 
@@ -57,7 +71,31 @@ class SupplyModel:
         ``delta``. In estimation ``delta`` solves :math:`s(\\delta, \\theta) = S`, so passing the observed
         :math:`S` gives the same values and, since :math:`s(\\delta^*(\\theta), \\theta) \\equiv S`, the same
         derivatives, without differentiating the shares.
+
+        With the ``inversion`` that produced ``delta`` (its agent utilities and choice probabilities), the
+        data's ownership and given ``shares``, the random-coefficients logit takes :class:`LogitMarkups`, whose
+        backward pass is in closed form (first derivatives only).
         """
+        fast = (
+            inversion is not None
+            and inversion.probabilities is not None
+            and ownership is None
+            and shares is not None
+            and self.demand.nesting is None
+        )
+        if fast:
+            derivatives = self.compact_price_derivatives(beta, self.demand.coefficients(sigma, pi))
+            return LogitMarkups.apply(
+                delta,
+                inversion.mu,
+                derivatives,
+                inversion.probabilities,
+                self.demand.weights,
+                self.ownership,
+                shares,
+                self.mask,
+                self.firms,
+            )
         coefficients = self.demand.coefficients(sigma, pi)
         mu = None if coefficients is None else self.demand.heterogeneity(coefficients)
         derivatives = self.price_derivatives(beta, coefficients)
@@ -73,3 +111,33 @@ class SupplyModel:
             if shares is None:
                 shares = (torch.exp(probabilities.log_probabilities) * weights.unsqueeze(1)).sum(-1)
         return bertrand_markups(jacobian, self.ownership if ownership is None else ownership, shares, self.mask)
+
+
+def _uniform_rows(values: Tensor, mask: Tensor) -> bool:
+    """Whether every real product's row of ``values`` (``[T, J, K]``) is the same, up to the rounding of the
+    numerical price derivatives."""
+    rows = values[mask]
+    return bool(torch.allclose(rows, rows[:1].expand_as(rows), rtol=1e-9, atol=1e-9)) if rows.shape[0] else False
+
+
+def firm_indicator(ownership: Tensor, mask: Tensor) -> Tensor | None:
+    """One-hot firms :math:`H` (``[T, F, J]``) with :math:`O = H'H` on real products, or None if ``ownership`` is
+    not of that kind (partial ownership, kappa)."""
+    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    owned = ownership != 0
+    if bool((owned & ~both).any()) or not bool(((ownership == 0) | (ownership == 1)).all()):
+        return None
+    first = torch.where(owned, torch.arange(ownership.shape[-1], device=ownership.device), ownership.shape[-1])
+    codes = first.amin(dim=-1)  # [T, J], the first product of each product's firm; J on padded slots
+    if not bool((codes[mask] < ownership.shape[-1]).all()):
+        return None
+    same = (codes.unsqueeze(-1) == codes.unsqueeze(-2)) & both
+    if not bool((same == owned).all()):
+        return None
+    # a firm's first product has its own index as code; firms are numbered by their first product in a market
+    leaders = (codes == torch.arange(codes.shape[-1], device=codes.device)) & mask
+    rank = torch.cumsum(leaders.long(), dim=-1) - 1  # [T, J], the firm number at each leader
+    local = torch.where(mask, rank.gather(1, codes.clamp_max(codes.shape[-1] - 1)), -1)
+    F = int(leaders.sum(-1).max())
+    indicator = torch.arange(F, device=codes.device).view(1, -1, 1) == local.unsqueeze(1)  # [T, F, J]
+    return indicator.to(ownership.dtype)

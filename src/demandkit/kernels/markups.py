@@ -15,8 +15,11 @@ which converges where iterating :math:`p \\leftarrow c + \\eta(p)` need not.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def _identity_padded(matrix: Tensor, mask: Tensor) -> Tensor:
@@ -48,3 +51,74 @@ def zeta_markups(
     transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)  # ((O * Gamma)' (p - c))_j
     safe = torch.where(mask, lam, torch.ones_like(lam))
     return torch.where(mask, (transfer - shares) / safe, torch.zeros_like(lam))
+
+
+class LogitMarkups(torch.autograd.Function):
+    """Bertrand-Nash markups :math:`\\eta = -(O\\odot D')^{-1}S` of the random-coefficients logit with a
+    closed-form backward pass, for estimation (shares :math:`S` fixed at the data).
+
+    ``apply(delta [T, J], mu [T, J, I], alpha, probabilities, weights [T, I], ownership [T, J, J], shares [T, J],
+    mask [T, J], firms)``: ``alpha`` is :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``
+    or ``[T, 1, I]`` when it does not vary by product; ``probabilities`` are :math:`P_{ijt}` at
+    :math:`\\delta + \\mu` (zero in padded slots), already computed by the inversion; ``firms`` is ``None`` or
+    the one-hot firm indicator :math:`H` (``[T, F, J]``) when :math:`O_{jk} = 1\\{f_j = f_k\\}`. Gradients flow
+    to ``delta``, ``mu`` and ``alpha``.
+
+    With :math:`D = \\Lambda - \\Gamma`, :math:`\\Lambda = \\mathrm{diag}(\\sum_i w_i\\alpha_{ij}P_{ij})`,
+    :math:`\\Gamma = (wP)(\\alpha P)'` and :math:`M = O\\odot D'`, the adjoint :math:`u = M^{-T}\\bar\\eta` gives
+    :math:`\\bar\\Gamma_{jk} = O_{kj}u_k\\eta_j` and :math:`\\bar\\Lambda_{jj} = -O_{jj}u_j\\eta_j`; the products
+    :math:`\\bar\\Gamma(\\alpha P)` and :math:`\\bar\\Gamma'(wP)` are firm sums (``[T, F, I]``) when ownership is
+    by firm, and the logit's :math:`\\partial P/\\partial u` finishes the pass. The LU factors of :math:`M` are
+    reused, so the backward costs one triangular solve, a few passes over ``[T, J, I]`` tensors and two small
+    batched products; autograd through :func:`bertrand_markups` would form and multiply ``[T, J, J]`` adjoints
+    with ``[T, J, I]`` tensors twice more. First derivatives only (no double backward).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        delta: Tensor,
+        mu: Tensor,
+        alpha: Tensor,
+        probabilities: Tensor,
+        weights: Tensor,
+        ownership: Tensor,
+        shares: Tensor,
+        mask: Tensor,
+        firms: Tensor | None,
+    ) -> Tensor:
+        P = probabilities
+        wP = P * weights.unsqueeze(1)
+        aP = P * alpha
+        lam = (wP * alpha).sum(-1)
+        jacobian = torch.diag_embed(lam) - torch.bmm(wP, aP.transpose(1, 2))
+        matrix = _identity_padded(ownership * jacobian.transpose(-1, -2), mask)
+        factors, pivots = torch.linalg.lu_factor(matrix)
+        rhs = torch.where(mask, shares, torch.zeros_like(shares)).unsqueeze(-1)
+        markups = -torch.linalg.lu_solve(factors, pivots, rhs).squeeze(-1)
+        ctx.save_for_backward(P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask, firms)
+        return markups
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask, firms = ctx.saved_tensors
+        adjoint = torch.linalg.lu_solve(factors, pivots, grad.unsqueeze(-1), adjoint=True).squeeze(-1)
+        adjoint = torch.where(mask, adjoint, torch.zeros_like(adjoint))
+        lam_grad = -torch.diagonal(ownership, dim1=-2, dim2=-1) * adjoint * markups  # [T, J]
+        if firms is not None:  # Gamma_bar = diag(eta) H'H diag(u): sums within firms
+            wP_grad = markups.unsqueeze(-1) * (firms.transpose(1, 2) @ (firms @ (adjoint.unsqueeze(-1) * aP)))
+            aP_grad = adjoint.unsqueeze(-1) * (firms.transpose(1, 2) @ (firms @ (markups.unsqueeze(-1) * wP)))
+        else:
+            gamma_grad = markups.unsqueeze(-1) * adjoint.unsqueeze(-2) * ownership.transpose(-1, -2)
+            wP_grad = torch.bmm(gamma_grad, aP)
+            aP_grad = torch.bmm(gamma_grad.transpose(1, 2), wP)
+        wP_grad += lam_grad.unsqueeze(-1) * alpha
+        alpha_grad = lam_grad.unsqueeze(-1) * wP
+        alpha_grad += aP_grad * P
+        P_grad = wP_grad * weights.unsqueeze(1)
+        P_grad += aP_grad * alpha
+        utilities_grad = P * (P_grad - (P_grad * P).sum(dim=1, keepdim=True))
+        if alpha.shape[1] == 1:
+            alpha_grad = alpha_grad.sum(dim=1, keepdim=True)
+        return utilities_grad.sum(-1), utilities_grad, alpha_grad, None, None, None, None, None, None

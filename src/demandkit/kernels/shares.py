@@ -247,13 +247,23 @@ class ExpUtilities:
     @classmethod
     def build(cls, mu: Tensor, product_mask: Tensor, weights: Tensor) -> ExpUtilities:
         mask = product_mask.unsqueeze(-1)
-        masked = torch.where(mask, mu, torch.zeros_like(mu))
-        peak = masked.amax(dim=1).clamp_min(0)  # [T, I]
-        E = torch.where(mask, torch.exp(masked - peak.unsqueeze(1)), torch.zeros_like(mu))
+        E = torch.where(mask, mu, torch.zeros_like(mu))  # a new tensor, updated in place below
+        peak = E.amax(dim=1).clamp_min(0)  # [T, I]
+        E.sub_(peak.unsqueeze(1)).exp_().mul_(mask)
         return cls(E, E.transpose(1, 2).contiguous(), torch.exp(-peak), weights)
+
+    def denominators(self, delta: Tensor) -> Tensor:
+        """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, I]``."""
+        return self.outside + torch.matmul(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)
+
+    def probabilities(self, delta: Tensor) -> Tensor:
+        """Choice probabilities :math:`P_{ijt} = e^{\\delta_{jt}}E_{ijt}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`,
+        ``[T, J, I]`` (zero in padded slots), without an exponential of a ``[T, J, I]`` tensor."""
+        scale = 1 / self.denominators(delta)
+        return (self.E * torch.exp(delta).unsqueeze(-1)).mul_(scale.unsqueeze(1))
 
     def log_share_kernel(self, delta: Tensor) -> Tensor:
         """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
         :math:`\\log s_{jt} = \\delta_{jt} + ` this (``-inf`` in padded slots)."""
-        denominator = self.outside + torch.matmul(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)  # [T, I]
-        return torch.log(torch.matmul((self.weights / denominator).unsqueeze(1), self.E_transposed).squeeze(1))
+        weighted = (self.weights / self.denominators(delta)).unsqueeze(1)
+        return torch.log(torch.matmul(weighted, self.E_transposed).squeeze(1))
