@@ -72,10 +72,12 @@ def iterate_squarem(
     :math:`v = x_2 - 2x_1 + x_0`, a step :math:`\\alpha` (S1: :math:`r'v/v'v`, S2: :math:`r'r/r'v`,
     S3: :math:`\\sqrt{r'r/v'v}`) clipped to ``[step_min, step_max]``, and the stabilised update
     :math:`G(x_0 + 2\\alpha r + \\alpha^2 v)`. ``step_max`` grows by ``step_factor`` whenever it binds.
+    Padded slots are held at zero, so the cycle's sums and norms need no further masking.
     """
-    x = x0
     T = x0.shape[0]
     device = x0.device
+    zero = torch.zeros_like(x0)
+    x = torch.where(mask, x0, zero)
     done = torch.zeros(T, dtype=torch.bool, device=device)
     evaluations = torch.zeros(T, dtype=torch.int64, device=device)
     iterations = torch.zeros(T, dtype=torch.int64, device=device)
@@ -84,30 +86,31 @@ def iterate_squarem(
     factor = float(options["step_factor"])
     scheme = options["scheme"]
     budget = int(options["max_evaluations"])
-    zero = torch.zeros_like(x0)
+    calls = 0
 
-    def settle(candidate: Tensor, previous: Tensor) -> None:
-        """Freeze markets whose step from ``previous`` to ``candidate`` meets the tolerance."""
+    def G(value: Tensor) -> Tensor:
+        nonlocal calls, evaluations
+        calls += 1
+        evaluations = evaluations + ~done
+        return torch.where(mask, contraction(value), zero)
+
+    def settle(candidate: Tensor, change: Tensor, previous: Tensor) -> bool:
+        """Freeze markets whose ``change`` from ``previous`` meets the tolerance; whether to stop."""
         nonlocal x, done
-        finite = torch.isfinite(torch.where(mask, candidate, zero)).all(-1)
-        newly = _close(candidate - previous, previous, mask, options) & finite & ~done
+        newly = _close_masked(change, previous, options) & torch.isfinite(candidate).all(-1) & ~done
         x = torch.where(newly.unsqueeze(-1), candidate, x)
         done = done | newly
+        return bool(done.all()) or calls >= budget
 
     while True:
-        active = ~done
-        x1 = contraction(x)
-        evaluations = evaluations + active
         x_start = x
-        settle(x1, x_start)
-        if bool(done.all()) or int(evaluations.max()) >= budget:
+        x1 = G(x_start)
+        r = x1 - x_start
+        if settle(x1, r, x_start):
             break
-        x2 = contraction(x1)
-        evaluations = evaluations + ~done
-        r = torch.where(mask, x1 - x_start, zero)
-        v = torch.where(mask, x2 - 2 * x1 + x_start, zero)
-        settle(x2, x1)
-        if bool(done.all()) or int(evaluations.max()) >= budget:
+        x2 = G(x1)
+        v = x2 - x1 - r
+        if settle(x2, x2 - x1, x1):
             break
         rr, rv, vv = (r * r).sum(-1), (r * v).sum(-1), (v * v).sum(-1)
         if scheme == 1:
@@ -119,20 +122,28 @@ def iterate_squarem(
         alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
         alpha = torch.minimum(torch.maximum(alpha, step_min), step_max)
         accelerated = x_start + (2 * alpha).unsqueeze(-1) * r + (alpha**2).unsqueeze(-1) * v
-        x3 = contraction(accelerated)
-        evaluations = evaluations + ~done
+        x3 = G(accelerated)
         step_max = torch.where(alpha == step_max, step_max * factor, step_max)
         step_min = torch.where((alpha == step_min) & (step_min < 0), step_min * factor, step_min)
-        finite = torch.isfinite(torch.where(mask, x3, zero)).all(-1)
-        candidate = torch.where(finite.unsqueeze(-1), x3, x2)
+        finite = torch.isfinite(x3).all(-1, keepdim=True)
+        candidate = torch.where(finite, x3, x2)
+        previous = torch.where(finite, accelerated, x1)
         iterations = iterations + ~done
-        previous = torch.where(finite.unsqueeze(-1), accelerated, x1)
-        newly = _close(candidate - previous, previous, mask, options) & ~done
+        newly = _close_masked(candidate - previous, previous, options) & ~done
         x = torch.where(done.unsqueeze(-1), x, candidate)
         done = done | newly
-        if bool(done.all()) or int(evaluations.max()) >= budget:
+        if bool(done.all()) or calls >= budget:
             break
     return FixedPointResult(x, done, iterations, evaluations)
+
+
+def _close_masked(change: Tensor, x: Tensor, options: dict[str, Any]) -> Tensor:
+    """:func:`_close` for tensors already zero in padded slots."""
+    if options["norm"] == "infinity":
+        change_norm, x_norm = change.abs().amax(dim=-1), x.abs().amax(dim=-1)
+    else:
+        change_norm, x_norm = torch.linalg.vector_norm(change, dim=-1), torch.linalg.vector_norm(x, dim=-1)
+    return change_norm <= options["atol"] + options["rtol"] * x_norm
 
 
 def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict) -> FixedPointResult:

@@ -240,7 +240,6 @@ class ExpUtilities:
     """
 
     E: Tensor  # [T, J, I]
-    E_transposed: Tensor  # [T, I, J], contiguous: both products below take the fast vector-matrix form
     outside: Tensor  # [T, I]
     weights: Tensor  # [T, I]
 
@@ -250,7 +249,7 @@ class ExpUtilities:
         E = torch.where(mask, mu, torch.zeros_like(mu))  # a new tensor, updated in place below
         peak = E.amax(dim=1).clamp_min(0)  # [T, I]
         E.sub_(peak.unsqueeze(1)).exp_().mul_(mask)
-        return cls(E, E.transpose(1, 2).contiguous(), torch.exp(-peak), weights)
+        return cls(E, torch.exp(-peak), weights)
 
     def denominators(self, delta: Tensor) -> Tensor:
         """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, I]``."""
@@ -265,5 +264,7 @@ class ExpUtilities:
     def log_share_kernel(self, delta: Tensor) -> Tensor:
         """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
         :math:`\\log s_{jt} = \\delta_{jt} + ` this (``-inf`` in padded slots)."""
-        weighted = (self.weights / self.denominators(delta)).unsqueeze(1)
-        return torch.log(torch.matmul(weighted, self.E_transposed).squeeze(1))
+        # the vector as a transposed [T, 1, I] view: bmm then takes BLAS's fast matrix-vector path over the rows
+        # of E (a contiguous [T, I, 1] vector is about five times slower on CPU)
+        weighted = (self.weights / self.denominators(delta)).unsqueeze(1).transpose(1, 2)
+        return torch.log(torch.bmm(self.E, weighted).squeeze(-1))
