@@ -206,7 +206,7 @@ def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uni
 
     def fast(d, m, a):
         P = LogitProbabilities.apply(d.detach(), m.detach(), mask)
-        return LogitMarkups.apply(d, m, a, P, weights, ownership, shares, mask, firms)
+        return LogitMarkups.apply(d, m, a, P, P * weights.unsqueeze(1), weights, ownership, shares, mask, firms)
 
     expected = gradients(lambda d, m, a: _generic_markups(d, m, a, weights, ownership, shares, mask))
     for got, want, name in zip(gradients(fast), expected, ["markups", "delta", "mu", "alpha"], strict=True):
@@ -225,3 +225,16 @@ def test_firm_indicator_factors_firm_ownership_only():
     broken = ownership.clone()
     broken[0, 0, 2] = 0.0  # not symmetric: not an equivalence of products
     assert firm_indicator(broken, mask) is None
+
+
+def test_reuse_freed_memory_nests_and_can_be_switched_off(monkeypatch):
+    from demandkit import memory
+
+    with memory.reuse_freed_memory(), memory.reuse_freed_memory():
+        assert memory._depth == (2 if memory.enabled() else 0)
+        torch.ones(1 << 20, dtype=torch.float64).sum()  # a large temporary inside the block
+    assert memory._depth == 0
+    monkeypatch.setenv("DEMANDKIT_REUSE_MEMORY", "0")
+    assert not memory.enabled()
+    with memory.reuse_freed_memory():
+        assert memory._depth == 0

@@ -45,6 +45,7 @@ class Inversion:
     result: FixedPointResult
     mu: Tensor | None = None  # [T, J, I], differentiable in theta (random-coefficients logit only)
     probabilities: Tensor | None = None  # [T, J, I] at delta + mu, detached (random-coefficients logit only)
+    weighted: Tensor | None = None  # [T, J, I], w_i P_ij, detached (random-coefficients logit only)
 
 
 class DemandModel:
@@ -203,8 +204,9 @@ class DemandModel:
         if probabilities is None:
             delta = ImplicitInversion.apply(result.values, self.pullback(), sigma, pi, rho)
             return Inversion(delta, result)
-        delta = ImplicitInversion.apply(result.values, self.mu_pullback(probabilities, r), differentiable_mu)
-        return Inversion(delta, result, differentiable_mu, probabilities)
+        weighted = probabilities * self.weights.unsqueeze(1)
+        delta = ImplicitInversion.apply(result.values, self.mu_pullback(probabilities, weighted, r), differentiable_mu)
+        return Inversion(delta, result, differentiable_mu, probabilities, weighted)
 
     # ------------------------------------------------------------ implicit derivative
     def pullback(self) -> Pullback:
@@ -219,7 +221,7 @@ class DemandModel:
 
         return residual_pullback(residual, jacobian)
 
-    def mu_pullback(self, probabilities: Tensor, rho: Tensor) -> Pullback:
+    def mu_pullback(self, probabilities: Tensor, weighted: Tensor, rho: Tensor) -> Pullback:
         """The implicit derivative's backward pass with respect to :math:`\\mu` itself, for the logit.
 
         With :math:`s_j = \\sum_i w_i P_{ij}` and :math:`W_{jk} = \\sum_i w_i P_{ij} P_{ik}`,
@@ -240,7 +242,6 @@ class DemandModel:
 
         def pullback(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
             with torch.no_grad():
-                weighted = probabilities * self.weights.unsqueeze(1)
                 shares = weighted.sum(-1)
                 if not bool(((shares > 0) | ~self.mask).all()):
                     return generic(delta, grad, params, wanted)
@@ -251,7 +252,7 @@ class DemandModel:
                 matrix = torch.where(both, eye - products * inverse.unsqueeze(1), eye)
                 adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
                 scaled = adjoint * inverse
-                mean = torch.matmul(scaled.unsqueeze(1), probabilities)  # sum_j a_j P_ij, [T, 1, I]
-                return [weighted.mul_(mean - scaled.unsqueeze(-1))]
+                mean = torch.bmm(scaled.unsqueeze(1), probabilities)  # sum_j a_j P_ij, [T, 1, I]
+                return [(weighted * mean).addcmul_(weighted, scaled.unsqueeze(-1), value=-1)]
 
         return pullback

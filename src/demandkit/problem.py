@@ -363,10 +363,15 @@ class Problem:
         return "\n".join(lines)
 
     def solve(self, sigma: Any = None, pi: Any = None, rho: Any = None, **kwargs: Any) -> Any:
-        """Estimate the model by GMM. See :func:`demandkit.estimation.solve` for every argument."""
-        from .estimation import solve
+        """Estimate the model by GMM. See :func:`demandkit.estimation.solve` for every argument.
 
-        return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
+        On the CPU, freed memory is kept for reuse while it runs (:func:`demandkit.memory.reuse_freed_memory`).
+        """
+        from .estimation import solve
+        from .memory import reuse_freed_memory
+
+        with reuse_freed_memory():
+            return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
 
 
 def _align_demographics(demographics: np.ndarray, loaded: np.ndarray, built: np.ndarray) -> np.ndarray:

@@ -90,6 +90,7 @@ class SupplyModel:
                 inversion.mu,
                 derivatives,
                 inversion.probabilities,
+                inversion.weighted,
                 self.demand.weights,
                 self.ownership,
                 shares,

@@ -57,12 +57,12 @@ class LogitMarkups(torch.autograd.Function):
     """Bertrand-Nash markups :math:`\\eta = -(O\\odot D')^{-1}S` of the random-coefficients logit with a
     closed-form backward pass, for estimation (shares :math:`S` fixed at the data).
 
-    ``apply(delta [T, J], mu [T, J, I], alpha, probabilities, weights [T, I], ownership [T, J, J], shares [T, J],
-    mask [T, J], firms)``: ``alpha`` is :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``
-    or ``[T, 1, I]`` when it does not vary by product; ``probabilities`` are :math:`P_{ijt}` at
-    :math:`\\delta + \\mu` (zero in padded slots), already computed by the inversion; ``firms`` is ``None`` or
-    the one-hot firm indicator :math:`H` (``[T, F, J]``) when :math:`O_{jk} = 1\\{f_j = f_k\\}`. Gradients flow
-    to ``delta``, ``mu`` and ``alpha``.
+    ``apply(delta [T, J], mu [T, J, I], alpha, probabilities, weighted, weights [T, I], ownership [T, J, J],
+    shares [T, J], mask [T, J], firms)``: ``alpha`` is :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`,
+    ``[T, J, I]`` or ``[T, 1, I]`` when it does not vary by product; ``probabilities`` are :math:`P_{ijt}` at
+    :math:`\\delta + \\mu` (zero in padded slots), already computed by the inversion, and ``weighted`` are
+    :math:`w_{it} P_{ijt}`; ``firms`` is ``None`` or the one-hot firm indicator :math:`H` (``[T, F, J]``) when
+    :math:`O_{jk} = 1\\{f_j = f_k\\}`. Gradients flow to ``delta``, ``mu`` and ``alpha``.
 
     With :math:`D = \\Lambda - \\Gamma`, :math:`\\Lambda = \\mathrm{diag}(\\sum_i w_i\\alpha_{ij}P_{ij})`,
     :math:`\\Gamma = (wP)(\\alpha P)'` and :math:`M = O\\odot D'`, the adjoint :math:`u = M^{-T}\\bar\\eta` gives
@@ -81,16 +81,19 @@ class LogitMarkups(torch.autograd.Function):
         mu: Tensor,
         alpha: Tensor,
         probabilities: Tensor,
+        weighted: Tensor,
         weights: Tensor,
         ownership: Tensor,
         shares: Tensor,
         mask: Tensor,
         firms: Tensor | None,
     ) -> Tensor:
-        P = probabilities
-        wP = P * weights.unsqueeze(1)
+        P, wP = probabilities, weighted
         aP = P * alpha
-        lam = (wP * alpha).sum(-1)
+        if alpha.shape[1] == 1:  # lambda_j = sum_i wP_ij alpha_i, a matrix-vector product
+            lam = torch.bmm(wP, alpha.transpose(1, 2)).squeeze(-1)
+        else:
+            lam = (wP * alpha).sum(-1)
         jacobian = torch.diag_embed(lam) - torch.bmm(wP, aP.transpose(1, 2))
         matrix = _identity_padded(ownership * jacobian.transpose(-1, -2), mask)
         factors, pivots = torch.linalg.lu_factor(matrix)
@@ -106,19 +109,19 @@ class LogitMarkups(torch.autograd.Function):
         adjoint = torch.linalg.lu_solve(factors, pivots, grad.unsqueeze(-1), adjoint=True).squeeze(-1)
         adjoint = torch.where(mask, adjoint, torch.zeros_like(adjoint))
         lam_grad = -torch.diagonal(ownership, dim1=-2, dim2=-1) * adjoint * markups  # [T, J]
-        if firms is not None:  # Gamma_bar = diag(eta) H'H diag(u): sums within firms
-            wP_grad = markups.unsqueeze(-1) * (firms.transpose(1, 2) @ (firms @ (adjoint.unsqueeze(-1) * aP)))
-            aP_grad = adjoint.unsqueeze(-1) * (firms.transpose(1, 2) @ (firms @ (markups.unsqueeze(-1) * wP)))
+        if firms is not None:  # Gamma_bar = diag(eta) H'H diag(u): sums within firms, [T, F, I]
+            by_adjoint, by_markups = firms * adjoint.unsqueeze(1), firms * markups.unsqueeze(1)
+            wP_grad = torch.bmm(by_markups.transpose(1, 2), torch.bmm(by_adjoint, aP))
+            aP_grad = torch.bmm(by_adjoint.transpose(1, 2), torch.bmm(by_markups, wP))
         else:
             gamma_grad = markups.unsqueeze(-1) * adjoint.unsqueeze(-2) * ownership.transpose(-1, -2)
             wP_grad = torch.bmm(gamma_grad, aP)
             aP_grad = torch.bmm(gamma_grad.transpose(1, 2), wP)
-        wP_grad += lam_grad.unsqueeze(-1) * alpha
-        alpha_grad = lam_grad.unsqueeze(-1) * wP
-        alpha_grad += aP_grad * P
-        P_grad = wP_grad * weights.unsqueeze(1)
-        P_grad += aP_grad * alpha
-        utilities_grad = P * (P_grad - (P_grad * P).sum(dim=1, keepdim=True))
-        if alpha.shape[1] == 1:
-            alpha_grad = alpha_grad.sum(dim=1, keepdim=True)
-        return utilities_grad.sum(-1), utilities_grad, alpha_grad, None, None, None, None, None, None
+        wP_grad.addcmul_(lam_grad.unsqueeze(-1), alpha)
+        if alpha.shape[1] == 1:  # sum over products of lam_grad_j wP_ij + aP_grad_ij P_ij
+            alpha_grad = torch.bmm(lam_grad.unsqueeze(1), wP) + (aP_grad * P).sum(dim=1, keepdim=True)
+        else:
+            alpha_grad = torch.addcmul(aP_grad * P, lam_grad.unsqueeze(-1), wP)
+        P_grad = wP_grad.mul_(weights.unsqueeze(1)).addcmul_(aP_grad, alpha)
+        utilities_grad = P_grad.sub_((P_grad * P).sum(dim=1, keepdim=True)).mul_(P)
+        return utilities_grad.sum(-1), utilities_grad, alpha_grad, None, None, None, None, None, None, None
