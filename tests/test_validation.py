@@ -123,3 +123,16 @@ def test_clustered_needs_clustering_ids(data):
     problem = _logit(data[0].drop(columns="clustering_ids"))
     with pytest.raises(ValueError, match="clustering_ids"):
         problem.solve(se_type="clustered")
+
+
+def test_too_few_demographic_rows_for_the_integration_name_the_market(data):
+    products, agents = data
+    market = agents.market_ids.unique()[2]
+    short = agents[(agents.market_ids != market) | (agents.groupby("market_ids").cumcount() < 3)]
+    message = f"too few rows of demographics in market {market.item()!r}"
+    with pytest.raises(dk.exceptions.InvalidDataError, match=message):
+        _rc(
+            products,
+            short.drop(columns=[c for c in short if c.startswith("nodes")]),
+            integration=dk.Integration("halton", 8),
+        )

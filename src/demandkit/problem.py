@@ -30,6 +30,7 @@ from .validation import (
     check_full_rank,
     check_shares,
     check_weights,
+    label,
     numbered_columns,
     require_columns,
 )
@@ -262,7 +263,8 @@ class Problem:
         if self.integration is not None:
             agent_markets, nodes, weights = self.integration.build_many(self.K2, markets)
             if demographics is not None:
-                demographics = _align_demographics(demographics, frame["market_ids"].to_numpy(), agent_markets)
+                loaded = frame["market_ids"].to_numpy()
+                demographics = first_agent_rows(demographics, loaded, agent_markets, "demographics")
         else:
             node_names = numbered_columns(frame, "nodes")
             require_columns(frame, ["weights"], "agent_data")
@@ -374,18 +376,21 @@ class Problem:
             return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
 
 
-def _align_demographics(demographics: np.ndarray, loaded: np.ndarray, built: np.ndarray) -> np.ndarray:
-    """Keep the first ``I_t`` demographic rows of each market to match integration-built agents."""
+def first_agent_rows(values: np.ndarray, loaded: np.ndarray, built: np.ndarray, name: str) -> np.ndarray:
+    """The first ``I_t`` loaded rows of ``values`` in each market, to match ``I_t`` integration-built agents.
+
+    ``loaded`` are the market ids of the rows of ``agent_data``, ``built`` those of the integration's agents.
+    """
     built_layout = Layout.build(built)
     loaded_layout = Layout.build(loaded, built_layout.market_ids)
     short = loaded_layout.sizes < built_layout.sizes
     if short.any():
         t = int(np.argmax(short))
-        raise SpecificationError(
-            f"Market {built_layout.market_ids[t]!r} in agent_data needs at least {built_layout.sizes[t]} rows of "
-            "demographics to match the integration nodes."
+        raise InvalidDataError(
+            f"agent_data has too few rows of {name} in market {label(built_layout.market_ids[t])} for the "
+            f"integration's {built_layout.sizes[t]} agents."
         )
-    padded = loaded_layout.pad(demographics)[:, : built_layout.mask.shape[1]]
+    padded = loaded_layout.pad(values)[:, : built_layout.mask.shape[1]]
     return built_layout.unpad(padded)
 
 

@@ -47,9 +47,8 @@ from .iteration import Iteration
 from .kernels.fixed_point import FixedPointResult, iterate_simple, iterate_squarem
 from .kernels.markups import zeta_markups
 from .kernels.shares import Probabilities, agent_utilities, compute_probabilities, share_jacobian
-from .layout import Layout
 from .options import check_choice
-from .problem import Problem
+from .problem import Problem, first_agent_rows
 from .supply import SupplyModel
 from .validation import as_frame, numbered_columns, require_columns
 
@@ -338,7 +337,7 @@ class Simulation:
                 if loaded is not None and name in loaded.columns:
                     values = loaded[name].to_numpy()
                     if self.integration is not None:
-                        values = _first_rows(values, loaded["market_ids"].to_numpy(), agent_markets, name)
+                        values = first_agent_rows(values, loaded["market_ids"].to_numpy(), agent_markets, repr(name))
                     frame[name] = values
                 else:
                     frame[name] = state.uniform(size=len(frame))
@@ -593,21 +592,6 @@ class Simulation:
         if self.H:
             lines.append(f"  rho = {self.rho.reshape(-1).tolist()}")
         return "\n".join(lines)
-
-
-def _first_rows(values: np.ndarray, loaded: np.ndarray, built: np.ndarray, name: str) -> np.ndarray:
-    """The first ``I_t`` loaded values of each market, to match ``I_t`` integration-built agents."""
-    built_layout = Layout.build(built)
-    loaded_layout = Layout.build(loaded, built_layout.market_ids)
-    short = loaded_layout.sizes < built_layout.sizes
-    if short.any():
-        t = int(np.argmax(short))
-        raise InvalidDataError(
-            f"agent_data has too few rows of {name!r} in market {built_layout.market_ids[t]!r} for the integration's "
-            f"{built_layout.sizes[t]} agents."
-        )
-    padded = loaded_layout.pad(values)[:, : built_layout.mask.shape[1]]
-    return built_layout.unpad(padded)
 
 
 def _vector(name: str, value: Any, size: int, required: bool) -> np.ndarray:
