@@ -29,18 +29,20 @@ class FixedPointResult:
     evaluations: Tensor  # [T] int64
 
 
-def market_norm(x: Tensor, mask: Tensor, norm: str) -> Tensor:
-    """Per-market norm of ``x`` over real product slots, ``[T]``."""
-    x = torch.where(mask, x, torch.zeros_like(x))
+def market_norm(x: Tensor, norm: str, mask: Tensor | None = None) -> Tensor:
+    """Per-market norm of ``x``, ``[T]``, over real product slots (``x`` is masked first when ``mask`` is given;
+    without it, padded slots must already be zero)."""
+    if mask is not None:
+        x = torch.where(mask, x, torch.zeros_like(x))
     if norm == "infinity":
         return x.abs().amax(dim=-1)
     return torch.linalg.vector_norm(x, dim=-1)
 
 
-def _close(change: Tensor, x: Tensor, mask: Tensor, options: dict[str, Any]) -> Tensor:
-    """Whether each market's change meets ``atol + rtol * ||x||``."""
-    tolerance = options["atol"] + options["rtol"] * market_norm(x, mask, options["norm"])
-    return market_norm(change, mask, options["norm"]) <= tolerance
+def _close(change: Tensor, x: Tensor, options: dict[str, Any], mask: Tensor | None = None) -> Tensor:
+    """Whether each market's change meets ``atol + rtol * ||x||`` (see :func:`market_norm` for ``mask``)."""
+    tolerance = options["atol"] + options["rtol"] * market_norm(x, options["norm"], mask)
+    return market_norm(change, options["norm"], mask) <= tolerance
 
 
 def iterate_simple(
@@ -55,7 +57,7 @@ def iterate_simple(
         new = contraction(x)
         counts = counts + (~done)
         finite = torch.isfinite(torch.where(mask, new, 0)).all(-1)
-        step_done = _close(new - x, x, mask, options) & finite
+        step_done = _close(new - x, x, options, mask) & finite
         x = torch.where(done.unsqueeze(-1), x, new)
         done = done | step_done
         if bool(done.all()):
@@ -97,7 +99,7 @@ def iterate_squarem(
     def settle(candidate: Tensor, change: Tensor, previous: Tensor) -> bool:
         """Freeze markets whose ``change`` from ``previous`` meets the tolerance; whether to stop."""
         nonlocal x, done
-        newly = _close_masked(change, previous, options) & torch.isfinite(candidate).all(-1) & ~done
+        newly = _close(change, previous, options) & torch.isfinite(candidate).all(-1) & ~done
         x = torch.where(newly.unsqueeze(-1), candidate, x)
         done = done | newly
         return bool(done.all()) or calls >= budget
@@ -129,21 +131,12 @@ def iterate_squarem(
         candidate = torch.where(finite, x3, x2)
         previous = torch.where(finite, accelerated, x1)
         iterations = iterations + ~done
-        newly = _close_masked(candidate - previous, previous, options) & ~done
+        newly = _close(candidate - previous, previous, options) & ~done
         x = torch.where(done.unsqueeze(-1), x, candidate)
         done = done | newly
         if bool(done.all()) or calls >= budget:
             break
     return FixedPointResult(x, done, iterations, evaluations)
-
-
-def _close_masked(change: Tensor, x: Tensor, options: dict[str, Any]) -> Tensor:
-    """:func:`_close` for tensors already zero in padded slots."""
-    if options["norm"] == "infinity":
-        change_norm, x_norm = change.abs().amax(dim=-1), x.abs().amax(dim=-1)
-    else:
-        change_norm, x_norm = torch.linalg.vector_norm(change, dim=-1), torch.linalg.vector_norm(x, dim=-1)
-    return change_norm <= options["atol"] + options["rtol"] * x_norm
 
 
 def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict) -> FixedPointResult:
@@ -157,7 +150,7 @@ def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, o
         counts = counts + (~done)
         new = x + change
         finite = torch.isfinite(torch.where(mask, new, 0)).all(-1)
-        newly = _close(change, x, mask, options) & finite
+        newly = _close(change, x, options, mask) & finite
         x = torch.where(done.unsqueeze(-1) | ~finite.unsqueeze(-1), x, new)
         done = done | newly
         if bool(done.all()):
