@@ -31,6 +31,7 @@ from .kernels.shares import (
     agent_utilities,
     compute_probabilities,
     heterogeneity,
+    identity_padded,
     log_shares,
     random_coefficients,
     share_jacobian,
@@ -121,9 +122,7 @@ class DemandModel:
         probabilities = self.probabilities(delta, mu, rho)
         shares = torch.exp(self.integrate(probabilities))
         jacobian = share_jacobian(probabilities, self.weights, self.mask, self.nesting)
-        both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
-        eye = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device).expand_as(jacobian)
-        return torch.where(both, jacobian / shares.unsqueeze(-1), eye)
+        return identity_padded(jacobian / shares.unsqueeze(-1), self.mask)
 
     def dampener(self, rho: Tensor) -> Tensor | float:
         """:math:`1 - \\rho_{g(j)}` under nesting (keeps the contraction a contraction), else 1."""
@@ -246,10 +245,9 @@ class DemandModel:
                 if not bool(((shares > 0) | ~self.mask).all()):
                     return generic(delta, grad, params, wanted)
                 inverse = torch.where(self.mask, 1 / torch.where(self.mask, shares, 1.0), 0.0)
-                both = self.mask.unsqueeze(-1) & self.mask.unsqueeze(-2)
-                eye = torch.eye(self.mask.shape[1], dtype=delta.dtype, device=delta.device).expand(both.shape)
-                products = torch.bmm(weighted, probabilities.transpose(1, 2))
-                matrix = torch.where(both, eye - products * inverse.unsqueeze(1), eye)
+                matrix = torch.bmm(weighted, probabilities.transpose(1, 2)).mul_(-inverse.unsqueeze(1))
+                matrix.diagonal(dim1=-2, dim2=-1).add_(1)  # I - W diag(1/s)
+                matrix = identity_padded(matrix, self.mask)
                 adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
                 scaled = adjoint * inverse
                 mean = torch.bmm(scaled.unsqueeze(1), probabilities)  # sum_j a_j P_ij, [T, 1, I]

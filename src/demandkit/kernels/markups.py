@@ -21,16 +21,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
-def _identity_padded(matrix: Tensor, mask: Tensor) -> Tensor:
-    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
-    return torch.where(both, matrix, eye)
+from .shares import identity_padded
 
 
 def bertrand_markups(jacobian: Tensor, ownership: Tensor, shares: Tensor, mask: Tensor) -> Tensor:
     """Markups :math:`\\eta = -(O \\odot D')^{-1}s`, ``[T, J]`` (zero in padded slots)."""
-    matrix = _identity_padded(ownership * jacobian.transpose(-1, -2), mask)
+    matrix = identity_padded(ownership * jacobian.transpose(-1, -2), mask)
     rhs = torch.where(mask, shares, torch.zeros_like(shares))
     return -torch.linalg.solve(matrix, rhs.unsqueeze(-1)).squeeze(-1)
 
@@ -95,7 +91,7 @@ class LogitMarkups(torch.autograd.Function):
         else:
             lam = (wP * alpha).sum(-1)
         jacobian = torch.diag_embed(lam) - torch.bmm(wP, aP.transpose(1, 2))
-        matrix = _identity_padded(ownership * jacobian.transpose(-1, -2), mask)
+        matrix = identity_padded(ownership * jacobian.transpose(-1, -2), mask)
         factors, pivots = torch.linalg.lu_factor(matrix)
         rhs = torch.where(mask, shares, torch.zeros_like(shares)).unsqueeze(-1)
         markups = -torch.linalg.lu_solve(factors, pivots, rhs).squeeze(-1)

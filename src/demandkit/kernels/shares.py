@@ -126,6 +126,14 @@ def logit_share_jacobian(probabilities: Tensor, weights: Tensor, derivatives: Te
     return torch.diag_embed(diagonal) - torch.einsum("tji,tki->tjk", weighted, scaled)
 
 
+def identity_padded(matrix: Tensor, mask: Tensor) -> Tensor:
+    """``matrix`` (``[T, J, J]``) on pairs of real products, the identity elsewhere, so that a batched solve
+    leaves padded slots alone."""
+    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
+    return torch.where(both, matrix, eye)
+
+
 def _group_logsumexp(values: Tensor, nesting: Nesting) -> Tensor:
     """:math:`\\log\\sum_{j\\in g} e^{v_{ji}}` for every nest, ``[T, H, I]`` (empty nests about MASKED)."""
     T, _, I = values.shape
