@@ -189,18 +189,23 @@ class CoefficientMap:
             out[:, self.lognormal_location] = weighted.sum(-1)
             out[:, self.lognormal_spread] = (weighted * base[:, self.lognormal]).sum(-1)
         if self.truncated.numel():
-            mu = theta[self.truncated_location][:, None]
-            s = theta[self.truncated_spread][:, None]
-            u = base[:, self.truncated]
-            _, w, b = _truncated(mu, s, u)
-            rho = torch.exp((w * w - b * b) / 2) * (1 - u)
+            location, spread = self._truncated_derivatives(theta, base)
             g = gradient[:, self.truncated]
-            out[:, self.truncated_location] = (g * (1 - rho)).sum(-1)
-            out[:, self.truncated_spread] = (g * (torch.sign(s) * (w + rho * b))).sum(-1)
+            out[:, self.truncated_location] = (g * location).sum(-1)
+            out[:, self.truncated_spread] = (g * spread).sum(-1)
         if self.block.numel():
             products = torch.bmm(gradient[:, self.block], base[:, self.block].transpose(1, 2))  # [n, m, m]
             out[:, self.cholesky_index] = products[:, self.cholesky_rows, self.cholesky_columns]
         return out
+
+    def _truncated_derivatives(self, theta: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-draw derivatives of the truncated-normal coefficients with respect to their location and spread."""
+        mu = theta[self.truncated_location][:, None]
+        s = theta[self.truncated_spread][:, None]
+        u = base[:, self.truncated]
+        _, w, b = _truncated(mu, s, u)
+        rho = torch.exp((w * w - b * b) / 2) * (1 - u)
+        return 1 - rho, torch.sign(s) * (w + rho * b)
 
     def factors(self, theta: Tensor, base: Tensor, random: Tensor) -> Tensor:
         """Per-draw derivatives :math:`F_{irp} = \\partial \\beta_{i r k(p)} / \\partial \\theta_p`, ``[n, P, R]``.
@@ -216,13 +221,7 @@ class CoefficientMap:
             out[:, self.lognormal_location] = random[:, self.lognormal]
             out[:, self.lognormal_spread] = random[:, self.lognormal] * base[:, self.lognormal]
         if self.truncated.numel():
-            mu = theta[self.truncated_location][:, None]
-            s = theta[self.truncated_spread][:, None]
-            u = base[:, self.truncated]
-            _, w, b = _truncated(mu, s, u)
-            rho = torch.exp((w * w - b * b) / 2) * (1 - u)
-            out[:, self.truncated_location] = 1 - rho
-            out[:, self.truncated_spread] = torch.sign(s) * (w + rho * b)
+            out[:, self.truncated_location], out[:, self.truncated_spread] = self._truncated_derivatives(theta, base)
         if self.block.numel():
             out[:, self.cholesky_index] = base[:, self.block[self.cholesky_columns]]
         return out
