@@ -93,21 +93,11 @@ def worker(library: str, threads: int | None) -> dict:
     import torch
 
     import demandkit as dk
-    from demandkit.mixed_logit import MixedLogit
 
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    model = MixedLogit(
-        dk.Formulation("0 + " + " + ".join(NAMES)),
-        data,
-        "chosen",
-        "situation",
-        "individual",
-        "alternative",
-        random=sim.random,
-        integration=dk.Integration("halton", DRAWS, {"seed": 0}),
-    )
+    model = demandkit_model(data, sim.random)
     build = time.perf_counter() - start
     start = time.perf_counter()
     results = model.fit(progress=False)
@@ -127,29 +117,34 @@ def worker(library: str, threads: int | None) -> dict:
     }
 
 
-def evaluation_worker(threads: int | None, repeats: int = 5) -> dict:
-    """Seconds of one log-likelihood + gradient evaluation of each library at the truth, same draws for both."""
-    import torch
-    import xlogit
-    from xlogit._choice_model import diff_nonchosen_chosen
-
+def demandkit_model(data, random):
+    """The benchmark's demandkit model: every variable random, the same Halton draws as xlogit."""
     import demandkit as dk
     from demandkit.mixed_logit import MixedLogit
 
-    if threads:
-        torch.set_num_threads(threads)
-    sim = speed_data()
-    data = sim.data
-    model = MixedLogit(
+    return MixedLogit(
         dk.Formulation("0 + " + " + ".join(NAMES)),
         data,
         "chosen",
         "situation",
         "individual",
         "alternative",
-        random=sim.random,
+        random=random,
         integration=dk.Integration("halton", DRAWS, {"seed": 0}),
     )
+
+
+def evaluation_worker(threads: int | None, repeats: int = 5) -> dict:
+    """Seconds of one log-likelihood + gradient evaluation of each library at the truth, same draws for both."""
+    import torch
+    import xlogit
+    from xlogit._choice_model import diff_nonchosen_chosen
+
+    if threads:
+        torch.set_num_threads(threads)
+    sim = speed_data()
+    data = sim.data
+    model = demandkit_model(data, sim.random)
     theta = sim.truth[model.names].to_numpy()
     engine = model._engine("cpu", torch.float64, None)
     engine.analytic(theta)  # draws and chunks are built once per model
