@@ -42,20 +42,24 @@ MC_GAMMA = [1.0, 1.0]
 MC_START = {"sigma": [[0.5]], "method": "2s"}
 
 
+def id_products(rng: np.random.Generator, T: int, J: int, F: int) -> pd.DataFrame:
+    """``T`` markets of ``J`` products from ``F`` firms with ``x ~ U(0, 2)`` and ``w ~ U(0, 1)``."""
+    ids = build_id_data(T, J, F)
+    return pd.DataFrame(
+        {
+            "market_ids": ids.market_ids.ravel().astype(int),
+            "firm_ids": ids.firm_ids.ravel().astype(int),
+            "x": rng.uniform(0, 2, T * J),
+            "w": rng.uniform(0, 1, T * J),
+        }
+    )
+
+
 def mc_simulation(seed: int) -> Simulation:
     """RC logit with a random coefficient on ``x``; prices from the Bertrand-Nash equilibrium with costs
     ``1 + w + omega``; ``(xi, omega)`` bivariate normal (variances 0.2, correlation 0.7)."""
     rng = np.random.default_rng(seed)
-    ids = build_id_data(MC_T, MC_J, MC_F)
-    N = MC_T * MC_J
-    products = pd.DataFrame(
-        {
-            "market_ids": ids.market_ids.ravel().astype(int),
-            "firm_ids": ids.firm_ids.ravel().astype(int),
-            "x": rng.uniform(0, 2, N),
-            "w": rng.uniform(0, 1, N),
-        }
-    )
+    products = id_products(rng, MC_T, MC_J, MC_F)
     agents = pd.DataFrame(
         {"market_ids": np.repeat(np.arange(MC_T), MC_I), "weights": 1 / MC_I, "nodes0": rng.normal(size=MC_T * MC_I)}
     )
@@ -96,16 +100,7 @@ def frac_problem(seed: int) -> dk.Problem:
     """Random coefficient on x (sigma = 0.5) and its interaction with income (pi = 0.5), income means varying
     across markets; equilibrium prices; differentiation instruments, w, w^2 and x times mean income."""
     rng = np.random.default_rng(seed)
-    ids = build_id_data(FRAC_T, FRAC_J, FRAC_F)
-    N = FRAC_T * FRAC_J
-    products = pd.DataFrame(
-        {
-            "market_ids": ids.market_ids.ravel().astype(int),
-            "firm_ids": ids.firm_ids.ravel().astype(int),
-            "x": rng.uniform(0, 2, N),
-            "w": rng.uniform(0, 1, N),
-        }
-    )
+    products = id_products(rng, FRAC_T, FRAC_J, FRAC_F)
     means = rng.uniform(-1, 1, FRAC_T)
     markets = np.repeat(np.arange(FRAC_T), FRAC_I)
     agents = pd.DataFrame(
