@@ -154,8 +154,9 @@ def test_float32_accuracy_bound():
     np.testing.assert_allclose(single.delta, double.delta, rtol=1e-4, atol=1e-4)
 
 
-def _markups_inputs(seed=0, T=3, J=5, I=7, uniform_alpha=True):
-    """Random logit inputs with padding: market 1 has 3 products and market 2 has 4."""
+def _markups_inputs(seed=0, T=3, J=5, I=7, uniform_alpha=True, mixed_signs=False):
+    """Random logit inputs with padding: market 1 has 3 products and market 2 has 4; ``mixed_signs`` gives some
+    agents a positive price derivative."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(T, J, dtype=torch.bool)
     mask[1, 3:] = False
@@ -165,6 +166,8 @@ def _markups_inputs(seed=0, T=3, J=5, I=7, uniform_alpha=True):
     mu = torch.where(mask.unsqueeze(-1), mu, 0.0)
     shape = (T, 1, I) if uniform_alpha else (T, J, I)
     alpha = -1 - torch.rand(shape, generator=g, dtype=torch.float64)
+    if mixed_signs:
+        alpha = alpha * torch.where(torch.arange(I) % 2 == 0, -3.0, 1.0).to(torch.float64)
     weights = torch.full((T, I), 1 / I, dtype=torch.float64)
     firm_ids = torch.tensor([[0, 1, 0, 2, 1], [3, 3, 4, 0, 0], [5, 6, 5, 5, 0]])
     both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
@@ -183,19 +186,22 @@ def _generic_markups(delta, mu, alpha, weights, ownership, shares, mask):
 
 
 @pytest.mark.parametrize("ownership_kind", ["firms", "firms_as_matrix", "partial"])
-@pytest.mark.parametrize("uniform_alpha", [True, False])
-def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uniform_alpha):
-    """Closed-form markups backward (firm sums or a full ownership matrix) equals autograd through the generic path."""
+@pytest.mark.parametrize("uniform_alpha, mixed_signs", [(True, False), (False, False), (True, True)])
+def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uniform_alpha, mixed_signs):
+    """Closed-form markups backward (firm sums or a full ownership matrix; price derivatives of either sign) equals
+    autograd through the generic path."""
     from demandkit.kernels.markups import LogitMarkups
     from demandkit.kernels.shares import LogitProbabilities
-    from demandkit.supply import firm_indicator
+    from demandkit.supply import firm_codes
 
-    delta, mu, alpha, weights, ownership, shares, mask = _markups_inputs(uniform_alpha=uniform_alpha)
+    delta, mu, alpha, weights, ownership, shares, mask = _markups_inputs(
+        uniform_alpha=uniform_alpha, mixed_signs=mixed_signs
+    )
     if ownership_kind == "partial":
         both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
         ownership = torch.where(both, 0.5 * ownership + 0.2, 0.0)
         ownership = torch.where(torch.eye(5, dtype=torch.bool), torch.where(mask, 1.0, 0.0).unsqueeze(-1), ownership)
-    firms = firm_indicator(ownership, mask) if ownership_kind == "firms" else None
+    firms = firm_codes(ownership, mask) if ownership_kind == "firms" else None
     assert (firms is None) == (ownership_kind != "firms")
     cotangent = torch.randn(delta.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
@@ -214,17 +220,41 @@ def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uni
     assert bool((expected[0][~mask] == 0).all())
 
 
-def test_firm_indicator_factors_firm_ownership_only():
-    from demandkit.supply import firm_indicator
+def test_lu_factor_transposed_solves_the_untransposed_system():
+    from demandkit.kernels.linalg import lu_factor_transposed
+
+    g = torch.Generator().manual_seed(5)
+    matrix = torch.randn(4, 6, 6, generator=g, dtype=torch.float64) + 3 * torch.eye(6, dtype=torch.float64)
+    rhs = torch.randn(4, 6, 1, generator=g, dtype=torch.float64)
+    factors, pivots = lu_factor_transposed(matrix.mT.contiguous())
+    torch.testing.assert_close(torch.linalg.lu_solve(factors, pivots, rhs), torch.linalg.solve(matrix, rhs))
+    adjoint = torch.linalg.lu_solve(factors, pivots, rhs, adjoint=True)
+    torch.testing.assert_close(adjoint, torch.linalg.solve(matrix.mT, rhs))
+    singular = lu_factor_transposed(torch.zeros(1, 3, 3, dtype=torch.float64))  # no error: non-finite solutions
+    assert not bool(torch.isfinite(torch.linalg.lu_solve(*singular, torch.ones(1, 3, 1, dtype=torch.float64))).all())
+
+
+def test_firm_codes_describe_firm_ownership_only():
+    from demandkit.supply import firm_codes
 
     _, _, _, _, ownership, _, mask = _markups_inputs()
-    firms = firm_indicator(ownership, mask)
-    torch.testing.assert_close(firms.transpose(1, 2) @ firms, ownership)
-    assert firms.shape == (3, 3, 5)  # at most three firms in a market
-    assert firm_indicator(0.5 * ownership, mask) is None  # kappa-style partial ownership
+    firms = firm_codes(ownership, mask)
+    assert firms.count == 3  # at most three firms in a market
+    codes = firms.flat.view(3, 5)
+    assert bool(((codes // firms.count) == torch.arange(3).unsqueeze(-1)).all())  # each market's own firms
+    both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    same = (codes.unsqueeze(-1) == codes.unsqueeze(-2)) & both
+    torch.testing.assert_close(same.to(torch.float64), ownership)
+    values = torch.randn(3, 5, 4, dtype=torch.float64)
+    scale = torch.where(mask, torch.randn(3, 5, dtype=torch.float64), 0.0)
+    expected = torch.einsum("tjk,tk,tki->tji", ownership, scale, values)  # sum_k O_jk c_k v_ki
+    torch.testing.assert_close(
+        firms.spread(firms.sum(values, scale), torch.ones(3, 5, dtype=torch.float64)) * mask.unsqueeze(-1), expected
+    )
+    assert firm_codes(0.5 * ownership, mask) is None  # kappa-style partial ownership
     broken = ownership.clone()
     broken[0, 0, 2] = 0.0  # not symmetric: not an equivalence of products
-    assert firm_indicator(broken, mask) is None
+    assert firm_codes(broken, mask) is None
 
 
 def test_reuse_freed_memory_nests_and_can_be_switched_off(monkeypatch):

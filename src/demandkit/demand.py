@@ -22,6 +22,7 @@ from .kernels.fixed_point import (
     iterate_squarem,
     residual_pullback,
 )
+from .kernels.linalg import lu_factor_transposed
 from .kernels.shares import (
     MASKED,
     ExpUtilities,
@@ -172,9 +173,10 @@ class DemandModel:
                 fast = ExpUtilities.build(mu, self.mask, self.weights)
 
                 def contraction(x: Tensor) -> Tensor:
-                    """:math:`\\delta + \\log S - \\log s(\\delta)` via the exponentiated kernel."""
+                    """:math:`\\delta + \\log S - \\log s(\\delta)` via the exponentiated kernel (padded slots
+                    zero); the log-space kernel where a share underflows or overflows."""
                     update = torch.where(self.mask, target - fast.log_share_kernel(x), 0.0)
-                    if bool(torch.isfinite(update).all()):
+                    if bool(update.sum().isfinite()):  # one reduction: any NaN or infinity makes the sum non-finite
                         return update
                     return exact_contraction(x)
 
@@ -196,8 +198,8 @@ class DemandModel:
 
             probabilities = None
             if fast is not None:
-                probabilities = torch.where(self.mask.unsqueeze(-1), fast.probabilities(result.values), 0.0)
-                if not bool(torch.isfinite(probabilities).all()):
+                probabilities = fast.probabilities(result.values)
+                if probabilities is None:
                     probabilities = LogitProbabilities.apply(result.values, mu, self.mask)
 
         if probabilities is None:
@@ -224,11 +226,13 @@ class DemandModel:
         """The implicit derivative's backward pass with respect to :math:`\\mu` itself, for the logit.
 
         With :math:`s_j = \\sum_i w_i P_{ij}` and :math:`W_{jk} = \\sum_i w_i P_{ij} P_{ik}`,
-        :math:`\\partial\\log s_j/\\partial\\delta_k = 1\\{j=k\\} - W_{jk}/s_j`, so :math:`\\lambda` solves
-        :math:`(I - W\\,\\mathrm{diag}(1/s))\\lambda = g`, and with :math:`a = \\lambda/s` the gradient is
+        :math:`\\partial\\log s/\\partial\\delta = I - \\mathrm{diag}(1/s)W`, so :math:`\\lambda` solves
+        :math:`(I - W\\,\\mathrm{diag}(1/s))\\lambda = g`, that is :math:`Ka = g` with :math:`a = \\lambda/s` and
+        :math:`K = \\mathrm{diag}(s) - W = \\partial s/\\partial\\delta`. The gradient is
         :math:`\\bar\\mu_{ik} = -w_i P_{ik}(a_k - \\sum_j a_j P_{ij})`. The probabilities at the solution come
-        from the inversion; autograd takes :math:`\\bar\\mu` on to :math:`\\theta` once, together with any other
-        use of :math:`\\mu` (the supply side's). A share that underflows takes the log-space path instead.
+        from the inversion, and the factors are computed once however many reverse passes use them (the
+        covariances take one per moment); autograd takes :math:`\\bar\\mu` on to :math:`\\theta` once, together with
+        any other use of :math:`\\mu` (the supply side's). A share that underflows takes the log-space path instead.
         """
 
         def residual(delta: Tensor, mu: Tensor) -> Tensor:
@@ -238,18 +242,19 @@ class DemandModel:
             return self.log_share_jacobian(delta, mu, rho)
 
         generic = residual_pullback(residual, jacobian)
+        cache: dict[str, tuple[Tensor, Tensor]] = {}
 
         def pullback(delta: Tensor, grad: Tensor, params: tuple, wanted: list) -> list:
             with torch.no_grad():
-                shares = weighted.sum(-1)
-                if not bool(((shares > 0) | ~self.mask).all()):
-                    return generic(delta, grad, params, wanted)
-                inverse = torch.where(self.mask, 1 / torch.where(self.mask, shares, 1.0), 0.0)
-                matrix = torch.bmm(weighted, probabilities.transpose(1, 2)).mul_(-inverse.unsqueeze(1))
-                matrix.diagonal(dim1=-2, dim2=-1).add_(1)  # I - W diag(1/s)
-                matrix = identity_padded(matrix, self.mask)
-                adjoint = torch.linalg.solve(matrix, grad.unsqueeze(-1)).squeeze(-1)
-                scaled = adjoint * inverse
+                if "factors" not in cache:
+                    shares = weighted.sum(-1)
+                    if not bool(((shares > 0) | ~self.mask).all()):
+                        return generic(delta, grad, params, wanted)
+                    matrix = torch.bmm(weighted, probabilities.transpose(1, 2)).neg_()  # -W, zero on padded slots
+                    matrix.diagonal(dim1=-2, dim2=-1).add_(torch.where(self.mask, shares, 1.0))
+                    cache["factors"] = lu_factor_transposed(matrix)  # K is symmetric: K' = K
+                scaled = torch.linalg.lu_solve(*cache["factors"], grad.unsqueeze(-1)).squeeze(-1)
+                scaled = torch.where(self.mask, scaled, 0.0)
                 mean = torch.bmm(scaled.unsqueeze(1), probabilities)  # sum_j a_j P_ij, [T, 1, I]
                 return [(weighted * mean).addcmul_(weighted, scaled.unsqueeze(-1), value=-1)]
 

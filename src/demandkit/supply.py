@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .demand import DemandModel, Inversion
-from .kernels.markups import LogitMarkups, bertrand_markups
+from .kernels.markups import FirmCodes, LogitMarkups, bertrand_markups
 from .kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
 
 
@@ -29,7 +29,7 @@ class SupplyModel:
         self.dX1 = problem.dX1_padded
         self.dX2 = problem.dX2_padded
         self.costs_type = problem.costs_type
-        self.firms = firm_indicator(self.ownership, self.mask) if self.ownership is not None else None
+        self.firms = firm_codes(self.ownership, self.mask) if self.ownership is not None else None
         self.uniform = _uniform_rows(self.dX1, self.mask) and (self.dX2 is None or _uniform_rows(self.dX2, self.mask))
 
     def price_derivatives(self, beta: Tensor, coefficients: Tensor | None) -> Tensor:
@@ -121,24 +121,25 @@ def _uniform_rows(values: Tensor, mask: Tensor) -> bool:
     return bool(torch.allclose(rows, rows[:1].expand_as(rows), rtol=1e-9, atol=1e-9)) if rows.shape[0] else False
 
 
-def firm_indicator(ownership: Tensor, mask: Tensor) -> Tensor | None:
-    """One-hot firms :math:`H` (``[T, F, J]``) with :math:`O = H'H` on real products, or None if ``ownership`` is
-    not of that kind (partial ownership, kappa)."""
+def firm_codes(ownership: Tensor, mask: Tensor) -> FirmCodes | None:
+    """The :class:`FirmCodes` of products when :math:`O_{jk} = 1\\{f_j = f_k\\}` on real products, or None if
+    ``ownership`` is not of that kind (partial ownership, kappa)."""
     both = mask.unsqueeze(-1) & mask.unsqueeze(-2)
     owned = ownership != 0
     if bool((owned & ~both).any()) or not bool(((ownership == 0) | (ownership == 1)).all()):
         return None
-    first = torch.where(owned, torch.arange(ownership.shape[-1], device=ownership.device), ownership.shape[-1])
+    J = ownership.shape[-1]
+    first = torch.where(owned, torch.arange(J, device=ownership.device), J)
     codes = first.amin(dim=-1)  # [T, J], the first product of each product's firm; J on padded slots
-    if not bool((codes[mask] < ownership.shape[-1]).all()):
+    if not bool((codes[mask] < J).all()):
         return None
     same = (codes.unsqueeze(-1) == codes.unsqueeze(-2)) & both
     if not bool((same == owned).all()):
         return None
     # a firm's first product has its own index as code; firms are numbered by their first product in a market
-    leaders = (codes == torch.arange(codes.shape[-1], device=codes.device)) & mask
+    leaders = (codes == torch.arange(J, device=codes.device)) & mask
     rank = torch.cumsum(leaders.long(), dim=-1) - 1  # [T, J], the firm number at each leader
-    local = torch.where(mask, rank.gather(1, codes.clamp_max(codes.shape[-1] - 1)), -1)
+    local = torch.where(mask, rank.gather(1, codes.clamp_max(J - 1)), 0)
     F = int(leaders.sum(-1).max())
-    indicator = torch.arange(F, device=codes.device).view(1, -1, 1) == local.unsqueeze(1)  # [T, F, J]
-    return indicator.to(ownership.dtype)
+    offsets = F * torch.arange(local.shape[0], device=local.device).unsqueeze(-1)
+    return FirmCodes((local + offsets).reshape(-1), F)

@@ -40,7 +40,10 @@ def market_norm(x: Tensor, norm: str, mask: Tensor | None = None) -> Tensor:
 
 
 def _close(change: Tensor, x: Tensor, options: dict[str, Any], mask: Tensor | None = None) -> Tensor:
-    """Whether each market's change meets ``atol + rtol * ||x||`` (see :func:`market_norm` for ``mask``)."""
+    """Whether each market's change meets ``atol + rtol * ||x||`` (see :func:`market_norm` for ``mask``); a
+    change with a NaN or an infinity never does."""
+    if options["rtol"] == 0:
+        return market_norm(change, options["norm"], mask) <= options["atol"]
     tolerance = options["atol"] + options["rtol"] * market_norm(x, options["norm"], mask)
     return market_norm(change, options["norm"], mask) <= tolerance
 
@@ -73,34 +76,37 @@ def iterate_squarem(
     One cycle maps :math:`x_0` to :math:`x_1 = G(x_0)`, :math:`x_2 = G(x_1)`, with :math:`r = x_1 - x_0`,
     :math:`v = x_2 - 2x_1 + x_0`, a step :math:`\\alpha` (S1: :math:`r'v/v'v`, S2: :math:`r'r/r'v`,
     S3: :math:`\\sqrt{r'r/v'v}`) clipped to ``[step_min, step_max]``, and the stabilised update
-    :math:`G(x_0 + 2\\alpha r + \\alpha^2 v)`. ``step_max`` grows by ``step_factor`` whenever it binds.
-    Padded slots are held at zero, so the cycle's sums and norms need no further masking.
+    :math:`G(x_0 + 2\\alpha r + \\alpha^2 v)`. ``step_max`` grows by ``step_factor`` whenever it binds (and a
+    negative ``step_min`` whenever it binds). Each market is frozen at the first evaluation whose change meets
+    the tolerance; its counts are those at that evaluation (three evaluations to an iteration). Padded slots
+    are held at zero, so the cycle's sums and norms need no further masking. The cycle is written with few
+    tensor operations: on the CPU their fixed cost, not their arithmetic, is most of an inversion.
     """
     T = x0.shape[0]
     device = x0.device
     zero = torch.zeros_like(x0)
     x = torch.where(mask, x0, zero)
     done = torch.zeros(T, dtype=torch.bool, device=device)
-    evaluations = torch.zeros(T, dtype=torch.int64, device=device)
-    iterations = torch.zeros(T, dtype=torch.int64, device=device)
-    step_min = torch.full((T,), float(options["step_min"]), dtype=x0.dtype, device=device)
-    step_max = torch.full((T,), float(options["step_max"]), dtype=x0.dtype, device=device)
+    frozen_at = torch.zeros(T, dtype=torch.int64, device=device)  # the evaluation at which each market froze
+    step_min = torch.full((T, 1), float(options["step_min"]), dtype=x0.dtype, device=device)
+    step_max = torch.full((T, 1), float(options["step_max"]), dtype=x0.dtype, device=device)
+    negative_min = float(options["step_min"]) < 0
     factor = float(options["step_factor"])
     scheme = options["scheme"]
     budget = int(options["max_evaluations"])
     calls = 0
 
     def G(value: Tensor) -> Tensor:
-        nonlocal calls, evaluations
+        nonlocal calls
         calls += 1
-        evaluations = evaluations + ~done
         return torch.where(mask, contraction(value), zero)
 
     def settle(candidate: Tensor, change: Tensor, previous: Tensor) -> bool:
         """Freeze markets whose ``change`` from ``previous`` meets the tolerance; whether to stop."""
-        nonlocal x, done
-        newly = _close(change, previous, options) & torch.isfinite(candidate).all(-1) & ~done
+        nonlocal x, done, frozen_at
+        newly = _close(change, previous, options).logical_and_(~done)
         x = torch.where(newly.unsqueeze(-1), candidate, x)
+        frozen_at = torch.where(newly, calls, frozen_at)
         done = done | newly
         return bool(done.all()) or calls >= budget
 
@@ -111,32 +117,35 @@ def iterate_squarem(
         if settle(x1, r, x_start):
             break
         x2 = G(x1)
-        v = x2 - x1 - r
-        if settle(x2, x2 - x1, x1):
+        change = x2 - x1
+        if settle(x2, change, x1):
             break
-        rr, rv, vv = (r * r).sum(-1), (r * v).sum(-1), (v * v).sum(-1)
+        v = change - r
         if scheme == 1:
-            alpha = rv / vv
+            alpha = (r * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True)
         elif scheme == 2:
-            alpha = rr / rv
+            alpha = (r * r).sum(-1, keepdim=True) / (r * v).sum(-1, keepdim=True)
         else:
-            alpha = torch.sqrt(rr / vv)
-        alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
-        alpha = torch.minimum(torch.maximum(alpha, step_min), step_max)
-        accelerated = x_start + (2 * alpha).unsqueeze(-1) * r + (alpha**2).unsqueeze(-1) * v
+            alpha = torch.linalg.vector_norm(r, dim=-1, keepdim=True) / torch.linalg.vector_norm(
+                v, dim=-1, keepdim=True
+            )
+        alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0).clamp_(step_min, step_max)
+        accelerated = torch.addcmul(torch.addcmul(x_start, 2 * alpha, r), alpha * alpha, v)
         x3 = G(accelerated)
         step_max = torch.where(alpha == step_max, step_max * factor, step_max)
-        step_min = torch.where((alpha == step_min) & (step_min < 0), step_min * factor, step_min)
+        if negative_min:
+            step_min = torch.where((alpha == step_min) & (step_min < 0), step_min * factor, step_min)
         finite = torch.isfinite(x3).all(-1, keepdim=True)
         candidate = torch.where(finite, x3, x2)
         previous = torch.where(finite, accelerated, x1)
-        iterations = iterations + ~done
-        newly = _close(candidate - previous, previous, options) & ~done
+        newly = _close(candidate - previous, previous, options).logical_and_(~done)
         x = torch.where(done.unsqueeze(-1), x, candidate)
+        frozen_at = torch.where(newly, calls, frozen_at)
         done = done | newly
         if bool(done.all()) or calls >= budget:
             break
-    return FixedPointResult(x, done, iterations, evaluations)
+    evaluations = torch.where(done, frozen_at, calls)
+    return FixedPointResult(x, done, evaluations // 3, evaluations)
 
 
 def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict) -> FixedPointResult:

@@ -15,12 +15,14 @@ which converges where iterating :math:`p \\leftarrow c + \\eta(p)` need not.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .linalg import lu_factor_transposed
 from .shares import identity_padded
 
 
@@ -49,6 +51,30 @@ def zeta_markups(
     return torch.where(mask, (transfer - shares) / safe, torch.zeros_like(lam))
 
 
+@dataclass(frozen=True)
+class FirmCodes:
+    """Which firm makes each product, for sums within firms without ``[T, J, J]`` or one-hot products.
+
+    ``flat`` (``[T J]``) numbers the firms of all markets together, :math:`t F + f_{jt}` (padded slots take any
+    firm of their market: what they carry is zero), and ``count`` is :math:`F`, the most firms in a market.
+    """
+
+    flat: Tensor
+    count: int
+
+    def sum(self, values: Tensor, scale: Tensor) -> Tensor:
+        """:math:`\\sum_{j: f_j = f} c_j v_{ji}` for every firm, ``[T F, I]``, from ``values`` :math:`v`
+        (``[T, J, I]``) and ``scale`` :math:`c` (``[T, J]``): rows added into place, no matrix product."""
+        T, J, I = values.shape
+        rows = (values * scale.unsqueeze(-1)).view(T * J, I)
+        return values.new_zeros(T * self.count, I).index_add_(0, self.flat, rows)
+
+    def spread(self, sums: Tensor, scale: Tensor) -> Tensor:
+        """:math:`c_j S_{f_j i}`, ``[T, J, I]``: each product's firm row of ``sums`` (``[T F, I]``) times ``scale``."""
+        T, J = scale.shape
+        return sums.index_select(0, self.flat).view(T, J, -1).mul_(scale.unsqueeze(-1))
+
+
 class LogitMarkups(torch.autograd.Function):
     """Bertrand-Nash markups :math:`\\eta = -(O\\odot D')^{-1}S` of the random-coefficients logit with a
     closed-form backward pass, for estimation (shares :math:`S` fixed at the data).
@@ -57,17 +83,21 @@ class LogitMarkups(torch.autograd.Function):
     shares [T, J], mask [T, J], firms)``: ``alpha`` is :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`,
     ``[T, J, I]`` or ``[T, 1, I]`` when it does not vary by product; ``probabilities`` are :math:`P_{ijt}` at
     :math:`\\delta + \\mu` (zero in padded slots), already computed by the inversion, and ``weighted`` are
-    :math:`w_{it} P_{ijt}`; ``firms`` is ``None`` or the one-hot firm indicator :math:`H` (``[T, F, J]``) when
+    :math:`w_{it} P_{ijt}`; ``firms`` is ``None`` or the :class:`FirmCodes` of the products when
     :math:`O_{jk} = 1\\{f_j = f_k\\}`. Gradients flow to ``delta``, ``mu`` and ``alpha``.
 
     With :math:`D = \\Lambda - \\Gamma`, :math:`\\Lambda = \\mathrm{diag}(\\sum_i w_i\\alpha_{ij}P_{ij})`,
-    :math:`\\Gamma = (wP)(\\alpha P)'` and :math:`M = O\\odot D'`, the adjoint :math:`u = M^{-T}\\bar\\eta` gives
-    :math:`\\bar\\Gamma_{jk} = O_{kj}u_k\\eta_j` and :math:`\\bar\\Lambda_{jj} = -O_{jj}u_j\\eta_j`; the products
-    :math:`\\bar\\Gamma(\\alpha P)` and :math:`\\bar\\Gamma'(wP)` are firm sums (``[T, F, I]``) when ownership is
-    by firm, and the logit's :math:`\\partial P/\\partial u` finishes the pass. The LU factors of :math:`M` are
-    reused, so the backward costs one triangular solve, a few passes over ``[T, J, I]`` tensors and two small
-    batched products; autograd through :func:`bertrand_markups` would form and multiply ``[T, J, J]`` adjoints
-    with ``[T, J, I]`` tensors twice more. First derivatives only (no double backward).
+    :math:`\\Gamma = (wP)(\\alpha P)'` and :math:`M = O\\odot D'`, the markups solve :math:`N\\eta = S` with
+    :math:`N = -M`, built as :math:`N'` so that its LU factorization needs no copy (see :mod:`.linalg`).
+
+    The adjoint :math:`u = M^{-T}\\bar\\eta` gives :math:`\\bar\\Gamma_{jk} = O_{kj}u_k\\eta_j` and
+    :math:`\\bar\\Lambda_{jj} = -O_{jj}u_j\\eta_j`; the products :math:`\\bar\\Gamma(\\alpha P)` and
+    :math:`\\bar\\Gamma'(wP)` are sums within firms (rows added into ``[T F, I]`` and read back by product) when
+    ownership is by firm, and the logit's
+    :math:`\\partial P/\\partial u` finishes the pass. The factors of :math:`N` are reused, so the backward costs
+    one triangular solve, a few passes over ``[T, J, I]`` tensors and two small batched products; autograd through
+    :func:`bertrand_markups` would form and multiply ``[T, J, J]`` adjoints with ``[T, J, I]`` tensors twice more.
+    First derivatives only (no double backward).
     """
 
     @staticmethod
@@ -82,7 +112,7 @@ class LogitMarkups(torch.autograd.Function):
         ownership: Tensor,
         shares: Tensor,
         mask: Tensor,
-        firms: Tensor | None,
+        firms: FirmCodes | None,
     ) -> Tensor:
         P, wP = probabilities, weighted
         aP = P * alpha
@@ -90,25 +120,28 @@ class LogitMarkups(torch.autograd.Function):
             lam = torch.bmm(wP, alpha.transpose(1, 2)).squeeze(-1)
         else:
             lam = (wP * alpha).sum(-1)
-        jacobian = torch.diag_embed(lam) - torch.bmm(wP, aP.transpose(1, 2))
-        matrix = identity_padded(ownership * jacobian.transpose(-1, -2), mask)
-        factors, pivots = torch.linalg.lu_factor(matrix)
+        # N' = O' * Gamma - diag(O_jj lambda_j), with ones on the diagonal of padded slots (Gamma is zero there)
+        transposed = torch.bmm(wP, aP.transpose(1, 2)).mul_(ownership if firms is not None else ownership.mT)
+        own = torch.diagonal(ownership, dim1=-2, dim2=-1)
+        transposed.diagonal(dim1=-2, dim2=-1).sub_(torch.where(mask, own * lam, -1.0))
         rhs = torch.where(mask, shares, torch.zeros_like(shares)).unsqueeze(-1)
-        markups = -torch.linalg.lu_solve(factors, pivots, rhs).squeeze(-1)
-        ctx.save_for_backward(P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask, firms)
+        factors, pivots = lu_factor_transposed(transposed)
+        markups = torch.linalg.lu_solve(factors, pivots, rhs).squeeze(-1)
+        ctx.save_for_backward(P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask)
+        ctx.firms = firms
         return markups
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple:
-        P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask, firms = ctx.saved_tensors
-        adjoint = torch.linalg.lu_solve(factors, pivots, grad.unsqueeze(-1), adjoint=True).squeeze(-1)
+        P, wP, aP, alpha, weights, factors, pivots, markups, ownership, mask = ctx.saved_tensors
+        firms = ctx.firms
+        adjoint = -torch.linalg.lu_solve(factors, pivots, grad.unsqueeze(-1), adjoint=True).squeeze(-1)  # -N^{-T}
         adjoint = torch.where(mask, adjoint, torch.zeros_like(adjoint))
         lam_grad = -torch.diagonal(ownership, dim1=-2, dim2=-1) * adjoint * markups  # [T, J]
-        if firms is not None:  # Gamma_bar = diag(eta) H'H diag(u): sums within firms, [T, F, I]
-            by_adjoint, by_markups = firms * adjoint.unsqueeze(1), firms * markups.unsqueeze(1)
-            wP_grad = torch.bmm(by_markups.transpose(1, 2), torch.bmm(by_adjoint, aP))
-            aP_grad = torch.bmm(by_adjoint.transpose(1, 2), torch.bmm(by_markups, wP))
+        if firms is not None:  # Gamma_bar_jk = eta_j 1{f_j = f_k} u_k: sums within firms
+            wP_grad = firms.spread(firms.sum(aP, adjoint), markups)
+            aP_grad = firms.spread(firms.sum(wP, markups), adjoint)
         else:
             gamma_grad = markups.unsqueeze(-1) * adjoint.unsqueeze(-2) * ownership.transpose(-1, -2)
             wP_grad = torch.bmm(gamma_grad, aP)

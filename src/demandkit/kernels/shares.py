@@ -261,13 +261,18 @@ class ExpUtilities:
 
     def denominators(self, delta: Tensor) -> Tensor:
         """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, I]``."""
-        return self.outside + torch.matmul(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)
+        return self.outside + torch.bmm(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)
 
-    def probabilities(self, delta: Tensor) -> Tensor:
+    def probabilities(self, delta: Tensor) -> Tensor | None:
         """Choice probabilities :math:`P_{ijt} = e^{\\delta_{jt}}E_{ijt}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`,
-        ``[T, J, I]`` (zero in padded slots), without an exponential of a ``[T, J, I]`` tensor."""
-        scale = 1 / self.denominators(delta)
-        return (self.E * torch.exp(delta).unsqueeze(-1)).mul_(scale.unsqueeze(1))
+        ``[T, J, I]`` (zero in padded slots), without an exponential of a ``[T, J, I]`` tensor; None when an
+        exponential of ``delta`` overflows or a denominator underflows (with :math:`0 \\le E \\le 1`, every
+        probability is finite otherwise), for the caller to take the log-space path."""
+        exponentials = torch.exp(delta)
+        scale = 1 / (self.outside + torch.bmm(exponentials.unsqueeze(1), self.E).squeeze(1))
+        if not bool(torch.isfinite(exponentials).all() & torch.isfinite(scale).all()):
+            return None
+        return (self.E * exponentials.unsqueeze(-1)).mul_(scale.unsqueeze(1))
 
     def log_share_kernel(self, delta: Tensor) -> Tensor:
         """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
