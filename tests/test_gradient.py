@@ -30,9 +30,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_gradient_matches_finite_differences(case):
-    spec = CASES[case]
+def _objective(spec):
+    """A GMM objective on a simulated problem of the kind ``spec`` describes, its theta and parameter labels."""
     products, agents = simulate(T=12, J=6, I=40, seed=5, rho=0.5 if spec["nested"] else None)
     if not spec["nested"]:
         products = products.drop(columns="nesting_ids")
@@ -56,10 +55,34 @@ def test_gradient_matches_finite_differences(case):
         EvaluationStats(),
         (-np.inf, np.inf),
     )
-    theta = space.theta0
+    return objective, space.theta0, space.labels
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gradient_matches_finite_differences(case):
+    objective, theta, labels = _objective(CASES[case])
     value, gradient = objective(theta)
     assert np.isfinite(value) and gradient.shape == theta.shape
-    assert_matches_finite_differences(objective, theta, gradient, space.labels)
+    assert_matches_finite_differences(objective, theta, gradient, labels)
+
+
+def test_objective_recalls_only_the_latest_thetas_bit_for_bit():
+    from demandkit.estimation import RECALLED
+
+    objective, theta, _ = _objective(CASES["rc_demographics"])
+    value, gradient = objective(theta)
+    again = objective(theta.copy())
+    assert again[0] == value and np.array_equal(again[1], gradient)
+    assert (objective.stats.evaluations, objective.stats.repeated) == (1, 1)
+    nearby = theta.copy()
+    nearby[0] = np.nextafter(nearby[0], np.inf)  # one unit in the last place away: computed
+    objective(nearby)
+    assert (objective.stats.evaluations, objective.stats.repeated) == (2, 1)
+    for k in range(RECALLED):
+        objective(theta * (1 + 1e-3 * (k + 1)))
+    objective(theta)  # pushed out of memory by the later ones: computed again, to the inversion's tolerance
+    assert (objective.stats.evaluations, objective.stats.repeated) == (3 + RECALLED, 1)
+    assert objective.last.objective == pytest.approx(value, rel=1e-10)
 
 
 @pytest.mark.parametrize("method", ["squarem", "simple", "newton"])

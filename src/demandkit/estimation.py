@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +41,14 @@ from .supply import SupplyModel
 
 @dataclass
 class EvaluationStats:
-    """Running totals over objective evaluations."""
+    """Running totals over objective evaluations.
+
+    ``evaluations`` are computed; ``repeated`` are requests for a :math:`\\theta` evaluated moments before (an
+    L-BFGS-B line search that fails returns to its base point), answered from memory.
+    """
 
     evaluations: int = 0
+    repeated: int = 0
     fp_iterations: int = 0
     contraction_evaluations: int = 0
     fp_failures: int = 0
@@ -94,6 +100,10 @@ class StackedSystem:
         return [problem.ZD_tensor] + ([problem.ZS_tensor] if self.equations == 2 else [])
 
 
+RECALLED = 4
+"""How many of the latest evaluations :meth:`GMMObjective.evaluate_or_recall` keeps."""
+
+
 class GMMObjective:
     """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start."""
 
@@ -120,6 +130,7 @@ class GMMObjective:
         self.costs_bounds = costs_bounds
         self._first = True
         self.last: Evaluation | None = None
+        self.recent: OrderedDict[bytes, Evaluation] = OrderedDict()  # the latest evaluations with gradients
 
     def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
         return Absorb.apply(rows, codes, counts) if codes else rows
@@ -201,9 +212,26 @@ class GMMObjective:
             result.evaluations,
         )
 
+    def evaluate_or_recall(self, theta_values: np.ndarray) -> Evaluation:
+        """:meth:`evaluate` with the gradient, unless this exact :math:`\\theta` (bit for bit) was among the last
+        :data:`RECALLED` evaluations, which are answered from memory (L-BFGS-B returns to its base point after a
+        failed line search). A new evaluation would give the same up to the inversion's tolerance: by default each
+        inversion starts from the step's first delta, so the objective is a function of :math:`\\theta` alone."""
+        key = np.asarray(theta_values, dtype=np.float64).tobytes()
+        evaluation = self.recent.get(key)
+        if evaluation is not None:
+            self.stats.repeated += 1
+            self.recent.move_to_end(key)
+            return evaluation
+        evaluation = self.evaluate(theta_values)
+        self.recent[key] = evaluation
+        if len(self.recent) > RECALLED:
+            self.recent.popitem(last=False)
+        return evaluation
+
     def __call__(self, theta_values: np.ndarray) -> tuple[float, np.ndarray]:
         """Value and gradient for the optimizer; a non-finite value reverts to the last finite one."""
-        evaluation = self.evaluate(theta_values)
+        evaluation = self.evaluate_or_recall(theta_values)
         if not np.isfinite(evaluation.objective) or not np.isfinite(evaluation.gradient).all():
             self.stats.reverted += 1
             if self.last is None:
@@ -364,7 +392,7 @@ def solve(
         stats = EvaluationStats()
         objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds)
         optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
-        evaluation = objective.evaluate(optimized.x)
+        evaluation = objective.evaluate_or_recall(optimized.x)
         _warn_failures(step, optimized, evaluation)
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
         theta = optimized.x

@@ -50,6 +50,11 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling).
     first_stage : DataFrame
         First-stage F statistics and partial R-squared of the endogenous X1 columns.
+    objective_evaluations, cumulative_objective_evaluations : int
+        Evaluations the optimizer asked for in the last step and in all steps (PyBLP's counts); of these,
+        ``repeated_objective_evaluations`` and ``cumulative_repeated_objective_evaluations`` were at a
+        :math:`\\theta` evaluated just before (a failed line search returns to its base point) and were answered
+        from memory instead of computed again.
     """
 
     def __init__(
@@ -105,11 +110,14 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         self.total_time = seconds
         # counts of the last step, and cumulative_* over every step (PyBLP's convention)
         self.optimization_iterations = last.optimization.iterations
-        self.objective_evaluations = last.stats.evaluations
+        # objective evaluations as the optimizer asked for them; the repeated ones were answered from memory
+        self.objective_evaluations = last.stats.evaluations + last.stats.repeated
+        self.repeated_objective_evaluations = last.stats.repeated
         self.fp_iterations = last.stats.fp_iterations
         self.contraction_evaluations = last.stats.contraction_evaluations
         self.cumulative_optimization_iterations = sum(s.optimization.iterations for s in steps)
-        self.cumulative_objective_evaluations = sum(s.stats.evaluations for s in steps)
+        self.cumulative_objective_evaluations = sum(s.stats.evaluations + s.stats.repeated for s in steps)
+        self.cumulative_repeated_objective_evaluations = sum(s.stats.repeated for s in steps)
         self.cumulative_fp_iterations = sum(s.stats.fp_iterations for s in steps)
         self.cumulative_contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
         self.fp_failures = sum(s.stats.fp_failures for s in steps)
@@ -194,6 +202,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
                 "total_time": self.total_time,
                 "optimization_iterations": self.optimization_iterations,
                 "objective_evaluations": self.objective_evaluations,
+                "repeated_objective_evaluations": self.repeated_objective_evaluations,
                 "fp_iterations": self.fp_iterations,
                 "contraction_evaluations": self.contraction_evaluations,
                 "first_stage": self.first_stage.to_dict(orient="records"),
