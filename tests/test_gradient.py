@@ -66,6 +66,31 @@ def test_gradient_matches_finite_differences(case):
     assert_matches_finite_differences(objective, theta, gradient, labels)
 
 
+@pytest.mark.parametrize("case", ["rc_demographics", "rcnl"])
+def test_hessian_matches_second_differences_of_the_objective(case):
+    """The Hessian from central differences of the analytic gradient against second differences of the objective
+    values alone, :math:`(q(\\theta + h e_p + h e_r) - q(\\theta + h e_p - h e_r) - q(\\theta - h e_p + h e_r)
+    + q(\\theta - h e_p - h e_r))/4h^2`."""
+    from demandkit.estimation import _hessian
+
+    objective, theta, labels = _objective(CASES[case])
+    objective(theta)
+    hessian = _hessian(objective, theta)
+    h = 1e-4
+    for p in range(theta.size):
+        for r in range(p, theta.size):
+            values = []
+            for a, b in [(1, 1), (1, -1), (-1, 1), (-1, -1)]:
+                shifted = theta.copy()
+                shifted[p] += a * h
+                shifted[r] += b * h
+                values.append(objective.evaluate(shifted, gradient=False).objective)
+            numeric = (values[0] - values[1] - values[2] + values[3]) / (4 * h * h)
+            scale = max(1.0, np.abs(hessian).max())
+            assert abs(hessian[p, r] - numeric) <= 1e-4 * scale, (labels[p], labels[r], hessian[p, r], numeric)
+    assert np.array_equal(hessian, hessian.T)
+
+
 def test_objective_recalls_only_the_latest_thetas_bit_for_bit():
     from demandkit.estimation import RECALLED
 

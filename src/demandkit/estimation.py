@@ -34,7 +34,7 @@ from .iteration import Iteration
 from .kernels.absorption import Absorb
 from .kernels.gmm import LinearIV, invert, moment_covariances, parameter_covariances
 from .optimization import Optimization, OptimizationResult
-from .options import CovarianceType, DeltaBehavior, GMMMethod, check_choice
+from .options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
 from .parameters import ParameterSpace
 from .supply import SupplyModel
 
@@ -307,6 +307,7 @@ def solve(
     W_type: str = "robust",
     se_type: str = "robust",
     center_moments: bool = True,
+    check_optimality: str = "both",
     progress: bool = False,
 ) -> Any:
     """Estimate the problem by one- or two-step GMM, with PyBLP's arguments and defaults.
@@ -343,6 +344,10 @@ def solve(
         How :math:`S` is estimated for the weighting matrix and for standard errors.
     center_moments : bool
         Center the moment contributions when estimating :math:`S`.
+    check_optimality : {'both', 'gradient'}
+        At the estimates, ``'both'`` (PyBLP's default) also computes the Hessian of the objective, by central
+        differences of the analytic gradient (``2P`` evaluations), for the second-order conditions: the
+        results' ``hessian``, ``reduced_hessian`` and ``reduced_hessian_eigenvalues``. ``'gradient'`` skips it.
     progress : bool
         Show a progress bar over optimizer evaluations.
 
@@ -356,6 +361,7 @@ def solve(
     check_choice("W_type", W_type, CovarianceType)
     check_choice("se_type", se_type, CovarianceType)
     check_choice("delta_behavior", delta_behavior, DeltaBehavior)
+    check_choice("check_optimality", check_optimality, Optimality)
     if "clustered" in (W_type, se_type) and problem.clustering_codes is None:
         raise SpecificationError("W_type or se_type 'clustered' needs a clustering_ids column in product_data.")
     optimization = optimization or Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8})  # PyBLP's default
@@ -400,6 +406,7 @@ def solve(
         last_step = step == (2 if method == "2s" else 1)
         W_current = _updated_W(problem, system, evaluation, W_type, center_moments, used=not last_step)
     covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
+    hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
     return ProblemResults(
         problem=problem,
         space=space,
@@ -413,6 +420,7 @@ def solve(
         iteration=iteration,
         seconds=time.perf_counter() - total_start,
         costs_bounds=bounds,
+        hessian=hessian,
     )
 
 
@@ -521,6 +529,27 @@ def _covariances(
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]
     return Covariances(parameter_covariances(W, S, G, se_type), S, G)
+
+
+def _hessian(objective: GMMObjective, theta: np.ndarray) -> np.ndarray:
+    """The Hessian of the objective at ``theta``, ``P x P``, by central differences of the analytic gradient.
+
+    Column :math:`p` is :math:`(\\nabla q(\\theta + h_p e_p) - \\nabla q(\\theta - h_p e_p))/2h_p` with
+    :math:`h_p = \\epsilon^{1/3}\\max(1, |\\theta_p|)`, and the result is symmetrized. Its evaluations are not
+    counted with the optimizer's.
+    """
+    counted = objective.stats
+    objective.stats = EvaluationStats()
+    columns = []
+    for p in range(theta.size):  # a loop over parameters (after estimation)
+        step = np.finfo(np.float64).eps ** (1 / 3) * max(1.0, abs(theta[p]))
+        up, down = theta.copy(), theta.copy()
+        up[p] += step
+        down[p] -= step
+        columns.append((objective.evaluate(up).gradient - objective.evaluate(down).gradient) / (2 * step))
+    objective.stats = counted
+    hessian = np.column_stack(columns) if columns else np.zeros((0, 0))
+    return (hessian + hessian.T) / 2
 
 
 def _with_progress(objective: GMMObjective, show: bool, step: int) -> Any:

@@ -12,6 +12,7 @@ OptimizationMethod = Literal["l-bfgs-b", "bfgs", "trust-constr", "nelder-mead", 
 GMMMethod = Literal["1s", "2s"]
 CovarianceType = Literal["robust", "clustered", "unadjusted"]
 DeltaBehavior = Literal["first", "last"]
+Optimality = Literal["gradient", "both"]
 RCType = Literal["linear", "log", "logit"]
 CostsType = Literal["linear", "log"]
 

@@ -50,6 +50,10 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling).
     first_stage : DataFrame
         First-stage F statistics and partial R-squared of the endogenous X1 columns.
+    hessian, reduced_hessian : ndarray
+        ``P x P`` Hessian of the objective at the estimates (``check_optimality='both'``; NaN otherwise), and the
+        same with the rows and columns of parameters at a bound zeroed; ``reduced_hessian_eigenvalues`` (``P``)
+        should be positive at a minimum.
     objective_evaluations, cumulative_objective_evaluations : int
         Evaluations the optimizer asked for in the last step and in all steps (PyBLP's counts); of these,
         ``repeated_objective_evaluations`` and ``cumulative_repeated_objective_evaluations`` were at a
@@ -71,6 +75,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         iteration: Any,
         seconds: float,
         costs_bounds: tuple[float, float] = (-np.inf, np.inf),
+        hessian: np.ndarray | None = None,
     ) -> None:
         self.problem = problem
         self.model = DemandModel(problem)
@@ -96,6 +101,13 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         self.gradient = evaluation.gradient.reshape(-1, 1)
         self.projected_gradient = _project(evaluation.gradient, theta, space).reshape(-1, 1)
         self.gradient_norm = float(np.max(np.abs(self.projected_gradient))) if theta.size else 0.0
+        self.hessian = np.full((theta.size, theta.size), np.nan) if hessian is None else hessian
+        self.reduced_hessian = _reduce(self.hessian, theta, space)
+        self.reduced_hessian_eigenvalues = (
+            np.linalg.eigvalsh(self.reduced_hessian)
+            if hessian is not None and theta.size
+            else np.full(theta.size, np.nan)
+        )
         self._delta_padded = evaluation.delta
         self.delta = _numpy(problem.layout.unpad(evaluation.delta)).reshape(-1, 1)  # before absorption
         self.xi = _numpy(evaluation.xi).reshape(-1, 1)
@@ -175,6 +187,8 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
             {
                 "objective": self.objective,
                 "gradient": self.gradient.reshape(-1).tolist(),
+                "hessian": self.hessian.tolist(),
+                "reduced_hessian_eigenvalues": self.reduced_hessian_eigenvalues.tolist(),
                 "theta_labels": self.theta_labels,
                 "beta_labels": self.beta_labels,
                 "sigma_labels": self.sigma_labels,
@@ -238,6 +252,16 @@ def _standard_errors(space: Any, se: np.ndarray) -> tuple[np.ndarray, ...]:
     gamma_se[space.gamma_index] = se[space.P_demand + n_beta : P]
     gamma_se[space.eliminated_gamma] = se[P + len(space.eliminated_beta) :]
     return sigma_se, pi_se, rho_se.reshape(-1, 1), beta_se.reshape(-1, 1), gamma_se.reshape(-1, 1)
+
+
+def _reduce(hessian: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:
+    """Zero the rows and columns of the parameters not strictly inside their bounds (the reduced Hessian, whose
+    eigenvalues judge the second-order conditions)."""
+    reduced = hessian.copy()
+    at_bound = ~((space.lower < theta) & (theta < space.upper))
+    reduced[at_bound, :] = 0
+    reduced[:, at_bound] = 0
+    return reduced
 
 
 def _project(gradient: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:

@@ -36,6 +36,13 @@ def _matrix_table(
     return _table(title, ["", *columns], body)
 
 
+def _eigenvalue_extremes(eigenvalues: np.ndarray) -> list[str]:
+    """The smallest and largest eigenvalue (of the reduced Hessian), or blanks where it was not computed."""
+    if not eigenvalues.size or not np.isfinite(eigenvalues).all():
+        return ["", ""]
+    return [_number(float(eigenvalues.min())), _number(float(eigenvalues.max()))]
+
+
 def format_results(results: Any) -> str:
     """The summary printed for :class:`~demandkit.results.ProblemResults`."""
     se_name = {"robust": "Robust", "clustered": "Clustered", "unadjusted": "Unadjusted"}[results.se_type]
@@ -46,6 +53,8 @@ def format_results(results: Any) -> str:
                 "GMM Step",
                 "Objective",
                 "Gradient Norm",
+                "Hessian Min Eigenvalue",
+                "Hessian Max Eigenvalue",
                 "Optimizer Converged",
                 "Markets Not Inverted",
                 "Weighting Condition",
@@ -55,6 +64,7 @@ def format_results(results: Any) -> str:
                     str(results.step),
                     _number(results.objective),
                     _number(results.gradient_norm),
+                    *_eigenvalue_extremes(results.reduced_hessian_eigenvalues),
                     "Yes" if results.converged else "No",
                     str(int((~results.fp_converged).sum())),
                     _number(float(np.linalg.cond(results.W))),
