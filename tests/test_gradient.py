@@ -197,3 +197,36 @@ def test_supply_needs_price_coefficient_and_firms():
         dk.Problem(formulations, products.drop(columns="firm_ids"), None, agents)
     with pytest.raises(ValueError, match="costs_type"):
         dk.Problem(formulations, products, None, agents, costs_type="quadratic")
+
+
+def test_nodes_stay_with_their_columns_when_a_sigma_reaches_zero():
+    """With fewer node columns than X2 columns, nodes go to the columns of the starting Sigma's nonzero pattern
+    (as PyBLP). An element that reaches zero in the optimization (its bound) must not hand its nodes to the next
+    column: the objective equals that of the same problem with the nodes laid out column by column."""
+    from demandkit.kernels.gmm import invert
+
+    products, agents = simulate(T=10, J=6, I=40, seed=9)
+    products = products.drop(columns="nesting_ids")
+    laid_out = agents.assign(nodes2=agents["nodes1"], nodes1=0.0)  # nodes0 -> '1', nothing -> prices, nodes1 -> x
+    formulations = (dk.Formulation("1 + prices + x"), dk.Formulation("1 + prices + x"))
+    sigma0 = np.diag([0.5, 0.0, 0.8])
+    objectives = []
+    for agent_data in (agents, laid_out):
+        problem = dk.Problem(formulations, products, None, agent_data)
+        space = ParameterSpace.for_problem(problem, sigma0, None, None, bounded=True)
+        W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
+        objective = GMMObjective(
+            problem,
+            DemandModel(problem).fix_nodes(space.sigma0),
+            space,
+            dk.Iteration("squarem"),
+            W,
+            problem.logit_delta.clone(),
+            "first",
+            EvaluationStats(),
+            (-np.inf, np.inf),
+        )
+        at_zero = space.theta0.copy()
+        at_zero[0] = 0.0  # sigma on the constant at its lower bound
+        objectives.append([objective(space.theta0)[0], objective(at_zero)[0]])
+    np.testing.assert_allclose(objectives[0], objectives[1], rtol=1e-10)

@@ -8,8 +8,10 @@ inversion by a fixed-point method, and its implicit derivative with respect to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,15 +81,23 @@ class DemandModel:
             self.signed_weights = False
 
     # ----------------------------------------------------------- primitives
+    def fix_nodes(self, sigma0: Tensor | np.ndarray) -> DemandModel:
+        """Align the nodes with the columns of :math:`\\Sigma` once, by the nonzero pattern of the starting
+        ``sigma0`` (the parameters, not their current values): an element that reaches zero during the
+        optimization (a bound) must not move the nodes of the columns after it. Returns the model."""
+        if self.K2 and self.nodes.shape[-1] != self.K2:
+            self.nodes = self.nodes_for(torch.as_tensor(np.asarray(sigma0)))
+        return self
+
     def nodes_for(self, sigma: Tensor) -> Tensor:
         """Nodes aligned with the columns of :math:`\\Sigma`: fewer node columns than ``K2`` fill the
-        columns with nonzero :math:`\\Sigma` in order, the rest are zero (as PyBLP)."""
+        columns with nonzero :math:`\\Sigma` in order, the rest are zero (as PyBLP); see :meth:`fix_nodes`."""
         nodes = self.nodes
         if nodes.shape[-1] == self.K2:
             return nodes
         used = (sigma != 0).any(dim=0)
         full = nodes.new_zeros(nodes.shape[:-1] + (self.K2,))
-        columns = torch.nonzero(used).flatten()[: nodes.shape[-1]]
+        columns = torch.nonzero(used).flatten()[: nodes.shape[-1]].to(nodes.device)
         full[..., columns] = nodes[..., : len(columns)]
         return full
 
@@ -175,8 +185,8 @@ class DemandModel:
                 def contraction(x: Tensor) -> Tensor:
                     """:math:`\\delta + \\log S - \\log s(\\delta)` via the exponentiated kernel (padded slots
                     zero); the log-space kernel where a share underflows or overflows."""
-                    update = torch.where(self.mask, target - fast.log_share_kernel(x), 0.0)
-                    if bool(update.sum().isfinite()):  # one reduction: any NaN or infinity makes the sum non-finite
+                    update = target - fast.log_share_kernel(x)
+                    if math.isfinite(update.sum().item()):  # any NaN or infinity makes the sum non-finite
                         return update
                     return exact_contraction(x)
 

@@ -382,7 +382,7 @@ def solve(
     )
     _check_identification(problem, space)
     bounds = _costs_bounds(costs_bounds)
-    model = DemandModel(problem)
+    model = DemandModel(problem).fix_nodes(space.sigma0)
     start = _starting_delta(problem, delta)
     system = StackedSystem.build(problem, space)
     W_current = _initial_W(problem, system, W)

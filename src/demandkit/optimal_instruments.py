@@ -310,7 +310,7 @@ class _State:
         if P == 0:
             return xi_jacobian, omega_jacobian
         realized = _realized_problem(p, demand, prices, shares)
-        model = DemandModel(realized)
+        model = DemandModel(realized).fix_nodes(space.sigma0)
         supply = SupplyModel(realized, model) if p.K3 else None
         X1 = realized.X1_realized
         X3 = realized.X3_realized

@@ -78,7 +78,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         hessian: np.ndarray | None = None,
     ) -> None:
         self.problem = problem
-        self.model = DemandModel(problem)
+        self.model = DemandModel(problem).fix_nodes(space.sigma0)
         self._space = space
         self._steps = steps
         last = steps[-1]

@@ -248,20 +248,21 @@ class ExpUtilities:
     """
 
     E: Tensor  # [T, J, I]
-    outside: Tensor  # [T, I]
-    weights: Tensor  # [T, I]
+    outside: Tensor  # [T, 1, I]
+    weights: Tensor  # [T, 1, I]
+    padding: Tensor  # [T, J, 1], one in padded product slots and zero in real ones
 
     @classmethod
     def build(cls, mu: Tensor, product_mask: Tensor, weights: Tensor) -> ExpUtilities:
         mask = product_mask.unsqueeze(-1)
-        E = torch.where(mask, mu, torch.zeros_like(mu))  # a new tensor, updated in place below
-        peak = E.amax(dim=1).clamp_min(0)  # [T, I]
-        E.sub_(peak.unsqueeze(1)).exp_().mul_(mask)
-        return cls(E, torch.exp(-peak), weights)
+        E = torch.where(mask, mu, -torch.inf)  # a new tensor, updated in place below; exp(-inf) = 0 in padded slots
+        peak = E.amax(dim=1, keepdim=True).clamp_min_(0)  # [T, 1, I]
+        E.sub_(peak).exp_()
+        return cls(E, torch.exp(-peak), weights.unsqueeze(1), (~mask).to(mu.dtype))
 
     def denominators(self, delta: Tensor) -> Tensor:
-        """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, I]``."""
-        return self.outside + torch.bmm(torch.exp(delta).unsqueeze(1), self.E).squeeze(1)
+        """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, 1, I]``."""
+        return torch.baddbmm(self.outside, torch.exp(delta).unsqueeze(1), self.E)
 
     def probabilities(self, delta: Tensor) -> Tensor | None:
         """Choice probabilities :math:`P_{ijt} = e^{\\delta_{jt}}E_{ijt}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`,
@@ -269,15 +270,19 @@ class ExpUtilities:
         exponential of ``delta`` overflows or a denominator underflows (with :math:`0 \\le E \\le 1`, every
         probability is finite otherwise), for the caller to take the log-space path."""
         exponentials = torch.exp(delta)
-        scale = 1 / (self.outside + torch.bmm(exponentials.unsqueeze(1), self.E).squeeze(1))
+        scale = 1 / torch.baddbmm(self.outside, exponentials.unsqueeze(1), self.E)
         if not bool(torch.isfinite(exponentials).all() & torch.isfinite(scale).all()):
             return None
-        return (self.E * exponentials.unsqueeze(-1)).mul_(scale.unsqueeze(1))
+        return (self.E * exponentials.unsqueeze(-1)).mul_(scale)
 
     def log_share_kernel(self, delta: Tensor) -> Tensor:
         """:math:`\\log \\sum_i E_{ijt} w_{it}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`, so that
-        :math:`\\log s_{jt} = \\delta_{jt} + ` this (``-inf`` in padded slots)."""
+        :math:`\\log s_{jt} = \\delta_{jt} + ` this (zero in padded slots).
+
+        Few tensor operations, since the contraction calls it dozens of times per inversion: the additions are
+        fused into the batched products (``baddbmm``), and padded slots get :math:`\\log 1` instead of a mask.
+        """
         # the vector as a transposed [T, 1, I] view: bmm then takes BLAS's fast matrix-vector path over the rows
         # of E (a contiguous [T, I, 1] vector is about five times slower on CPU)
-        weighted = (self.weights / self.denominators(delta)).unsqueeze(1).transpose(1, 2)
-        return torch.log(torch.bmm(self.E, weighted).squeeze(-1))
+        weighted = torch.div(self.weights, self.denominators(delta)).transpose(1, 2)
+        return torch.log(torch.baddbmm(self.padding, self.E, weighted).squeeze(-1))
