@@ -116,8 +116,9 @@ def report(
     lines = [
         f"## {title}",
         "",
-        f"`python benchmarks/{name}.py --repeats {args.repeats} --device {args.device}"
+        f"`python benchmarks/{name.split('_')[0]}.py --repeats {args.repeats} --device {args.device}"
         + (f" --threads {args.threads}" if args.threads else "")
+        + (f" --check-optimality {args.check_optimality}" if args.check_optimality != "both" else "")
         + f"` — run {datetime.datetime.now().isoformat(timespec='seconds')}; each repetition in a fresh process; "
         "times in seconds; only `problem.solve` is in the solve columns. "
         f"1-min load average {load[0]:.2f} before / {load[1]:.2f} after (a load above the core count means "
@@ -153,9 +154,14 @@ def report(
         "which also covers the covariances and any Hessian): "
         f"{per_evaluation['pyblp'] / per_evaluation['demandkit']:.2f}x. The optimizer asks for the evaluations of "
         "the 'all steps' column; demandkit answers a request at a theta it has just evaluated from memory "
-        "(a failed L-BFGS-B line search returns to its base point) and computes the rest. Both libraries run "
-        "with their default `check_optimality='both'`: PyBLP differentiates its gradient for the Hessian after "
-        "each GMM step, demandkit once, at the final estimates (2P evaluations, not counted in the columns).",
+        "(a failed L-BFGS-B line search returns to its base point) and computes the rest. "
+        + (
+            "Both libraries run with their default `check_optimality='both'`: PyBLP differentiates its gradient "
+            "for the Hessian after each GMM step, demandkit once, at the final estimates (2P evaluations, not "
+            "counted in the columns)."
+            if args.check_optimality == "both"
+            else "Neither computes a Hessian (`check_optimality='gradient'` in both)."
+        ),
         "",
         f"Max relative difference of estimates ({', '.join(compared)}, nonzero elements): {rel:.2e} (at {where}); "
         f"objective relative difference: {objective_rel:.2e}.",
@@ -167,7 +173,7 @@ def main(
     name: str,
     title: str,
     script: str,
-    worker: Callable[[str, str, int | None], dict],
+    worker: Callable[[str, str, int | None, str], dict],
     doc: str,
     key_columns: list[str],
     key_estimates: Callable[[dict], tuple[float, ...]],
@@ -182,16 +188,26 @@ def main(
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process repetitions per library (default 3)")
     parser.add_argument("--device", default="cpu", help="demandkit device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="pin OMP/MKL/OpenBLAS/torch threads in both workers")
+    parser.add_argument(
+        "--check-optimality",
+        choices=["both", "gradient"],
+        default="both",
+        help="both libraries' check_optimality (default 'both', their default: with the Hessian); 'gradient' "
+        "writes its own section",
+    )
     parser.add_argument("--worker", choices=["pyblp", "demandkit"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        emit(worker(args.worker, args.device, args.threads))
+        emit(worker(args.worker, args.device, args.threads, args.check_optimality))
         return
+    if args.check_optimality != "both":
+        name, title = f"{name}_{args.check_optimality}", f"{title}, check_optimality='{args.check_optimality}'"
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict]] = {"pyblp": [], "demandkit": []}
     for rep in range(args.repeats):
         for library in runs:
             cmd = [os.path.abspath(script), "--worker", library, "--device", args.device]
+            cmd += ["--check-optimality", args.check_optimality]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             run = run_worker(cmd, args.threads)

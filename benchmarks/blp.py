@@ -24,7 +24,7 @@ SIGMA0 = np.diag([3.612, 0, 4.628, 1.818, 1.050, 2.056])
 PI0 = np.c_[[0, -43.501, 0, 0, 0, 0]]
 
 
-def worker(library: str, device: str, threads: int | None = None) -> dict:
+def worker(library: str, device: str, threads: int | None = None, check_optimality: str = "both") -> dict:
     """One repetition in this (fresh) process: build the BLP problem, solve it, return timings and estimates."""
     lib, kwargs, used = _harness.load_library(library, device, threads)
     products = pd.read_csv(lib.data.BLP_PRODUCTS_LOCATION)
@@ -41,7 +41,13 @@ def worker(library: str, device: str, threads: int | None = None) -> dict:
     build = time.perf_counter() - start
     start = time.perf_counter()
     results = problem.solve(
-        SIGMA0, PI0, costs_bounds=(0.001, None), W_type="clustered", se_type="clustered", initial_update=True
+        SIGMA0,
+        PI0,
+        costs_bounds=(0.001, None),
+        W_type="clustered",
+        se_type="clustered",
+        initial_update=True,
+        check_optimality=check_optimality,
     )
     return _harness.describe(library, device, used, build, time.perf_counter() - start, results)
 

@@ -23,7 +23,7 @@ SIGMA0 = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
 PI0 = [[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]]
 
 
-def worker(library: str, device: str, threads: int | None = None) -> dict:
+def worker(library: str, device: str, threads: int | None = None, check_optimality: str = "both") -> dict:
     """One repetition in this (fresh) process: build the Nevo problem, solve it, return timings and estimates."""
     lib, kwargs, used = _harness.load_library(library, device, threads)
     products = pd.read_csv(lib.data.NEVO_PRODUCTS_LOCATION)
@@ -35,7 +35,13 @@ def worker(library: str, device: str, threads: int | None = None) -> dict:
     problem = lib.Problem((X1, X2), products, agent_formulation, agents, **kwargs)
     build = time.perf_counter() - start
     start = time.perf_counter()
-    results = problem.solve(SIGMA0, PI0, optimization=lib.Optimization("bfgs", {"gtol": 1e-5}), method="1s")
+    results = problem.solve(
+        SIGMA0,
+        PI0,
+        optimization=lib.Optimization("bfgs", {"gtol": 1e-5}),
+        method="1s",
+        check_optimality=check_optimality,
+    )
     return _harness.describe(library, device, used, build, time.perf_counter() - start, results)
 
 
