@@ -260,9 +260,9 @@ class ExpUtilities:
         E.sub_(peak).exp_()
         return cls(E, torch.exp(-peak), weights.unsqueeze(1), (~mask).to(mu.dtype))
 
-    def denominators(self, delta: Tensor) -> Tensor:
-        """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, 1, I]``."""
-        return torch.baddbmm(self.outside, torch.exp(delta).unsqueeze(1), self.E)
+    def denominators(self, exponentials: Tensor) -> Tensor:
+        """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, 1, I]``, from :math:`e^{\\delta}`."""
+        return torch.baddbmm(self.outside, exponentials.unsqueeze(1), self.E)
 
     def probabilities(self, delta: Tensor) -> Tensor | None:
         """Choice probabilities :math:`P_{ijt} = e^{\\delta_{jt}}E_{ijt}/(o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt})`,
@@ -270,7 +270,7 @@ class ExpUtilities:
         exponential of ``delta`` overflows or a denominator underflows (with :math:`0 \\le E \\le 1`, every
         probability is finite otherwise), for the caller to take the log-space path."""
         exponentials = torch.exp(delta)
-        scale = 1 / torch.baddbmm(self.outside, exponentials.unsqueeze(1), self.E)
+        scale = 1 / self.denominators(exponentials)
         if not bool(torch.isfinite(exponentials).all() & torch.isfinite(scale).all()):
             return None
         return (self.E * exponentials.unsqueeze(-1)).mul_(scale)
@@ -284,5 +284,5 @@ class ExpUtilities:
         """
         # the vector as a transposed [T, 1, I] view: bmm then takes BLAS's fast matrix-vector path over the rows
         # of E (a contiguous [T, I, 1] vector is about five times slower on CPU)
-        weighted = torch.div(self.weights, self.denominators(delta)).transpose(1, 2)
+        weighted = torch.div(self.weights, self.denominators(torch.exp(delta))).transpose(1, 2)
         return torch.log(torch.baddbmm(self.padding, self.E, weighted).squeeze(-1))
