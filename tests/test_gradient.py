@@ -43,10 +43,15 @@ def _objective(spec):
     pi = np.array([[0.0], [0.3]])
     rho = 0.5 if spec["nested"] else None
     space = ParameterSpace.for_problem(problem, sigma, pi, rho, bounded=False)
+    return _gmm_objective(problem, space), space.theta0, space.labels
+
+
+def _gmm_objective(problem, space):
+    """The one-step GMM objective of ``problem`` with the 2SLS weighting matrix, as ``solve`` builds it."""
     W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
-    objective = GMMObjective(
+    return GMMObjective(
         problem,
-        DemandModel(problem),
+        DemandModel(problem).fix_nodes(space.sigma0),
         space,
         dk.Iteration("squarem"),
         W,
@@ -55,7 +60,6 @@ def _objective(spec):
         EvaluationStats(),
         (-np.inf, np.inf),
     )
-    return objective, space.theta0, space.labels
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -203,8 +207,6 @@ def test_nodes_stay_with_their_columns_when_a_sigma_reaches_zero():
     """With fewer node columns than X2 columns, nodes go to the columns of the starting Sigma's nonzero pattern
     (as PyBLP). An element that reaches zero in the optimization (its bound) must not hand its nodes to the next
     column: the objective equals that of the same problem with the nodes laid out column by column."""
-    from demandkit.kernels.gmm import invert
-
     products, agents = simulate(T=10, J=6, I=40, seed=9)
     products = products.drop(columns="nesting_ids")
     laid_out = agents.assign(nodes2=agents["nodes1"], nodes1=0.0)  # nodes0 -> '1', nothing -> prices, nodes1 -> x
@@ -214,18 +216,7 @@ def test_nodes_stay_with_their_columns_when_a_sigma_reaches_zero():
     for agent_data in (agents, laid_out):
         problem = dk.Problem(formulations, products, None, agent_data)
         space = ParameterSpace.for_problem(problem, sigma0, None, None, bounded=True)
-        W = invert(problem.ZD_tensor.T @ problem.ZD_tensor / problem.N)[0]
-        objective = GMMObjective(
-            problem,
-            DemandModel(problem).fix_nodes(space.sigma0),
-            space,
-            dk.Iteration("squarem"),
-            W,
-            problem.logit_delta.clone(),
-            "first",
-            EvaluationStats(),
-            (-np.inf, np.inf),
-        )
+        objective = _gmm_objective(problem, space)
         at_zero = space.theta0.copy()
         at_zero[0] = 0.0  # sigma on the constant at its lower bound
         objectives.append([objective(space.theta0)[0], objective(at_zero)[0]])

@@ -109,6 +109,8 @@ def test_parameter_shapes_and_options(data):
         problem.solve(sigma=np.eye(2), pi=[[0], [1]], method="3s")
     with pytest.raises(ValueError, match="se_type"):
         problem.solve(sigma=np.eye(2), pi=[[0], [1]], se_type="hc3")
+    with pytest.raises(ValueError, match="check_optimality must be one of 'gradient', 'both'"):
+        problem.solve(sigma=np.eye(2), pi=[[0], [1]], check_optimality="hessian")
     with pytest.raises(ValueError, match="Iteration method"):
         dk.Iteration("anderson")
     with pytest.raises(ValueError, match="unknown keys"):
