@@ -28,7 +28,7 @@ import pandas as pd
 
 import demandkit as dk
 from demandkit import frac, montecarlo
-from demandkit.instruments import build_differentiation_instruments, build_id_data
+from demandkit.construction.instruments import build_differentiation_instruments, build_id_data
 from demandkit.simulation import Simulation
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

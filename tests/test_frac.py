@@ -10,8 +10,8 @@ from scipy.special import logsumexp
 
 import demandkit as dk
 from demandkit import frac
+from demandkit.construction.instruments import build_differentiation_instruments, build_id_data
 from demandkit.exceptions import ConvergenceWarning, SpecificationError
-from demandkit.instruments import build_differentiation_instruments, build_id_data
 from demandkit.simulation import Simulation
 
 

@@ -5,10 +5,10 @@ import pytest
 from _synthetic import simulate
 
 import demandkit as dk
-from demandkit.demand import DemandModel
-from demandkit.estimation import EvaluationStats, GMMObjective
+from demandkit.blp.demand import DemandModel
+from demandkit.blp.objective import EvaluationStats, GMMObjective
+from demandkit.blp.parameters import ParameterSpace
 from demandkit.kernels.gmm import invert
-from demandkit.parameters import ParameterSpace
 
 
 def assert_matches_finite_differences(objective, theta, gradient, labels):
@@ -75,7 +75,7 @@ def test_hessian_matches_second_differences_of_the_objective(case):
     """The Hessian from central differences of the analytic gradient against second differences of the objective
     values alone, :math:`(q(\\theta + h e_p + h e_r) - q(\\theta + h e_p - h e_r) - q(\\theta - h e_p + h e_r)
     + q(\\theta - h e_p - h e_r))/4h^2`."""
-    from demandkit.estimation import _hessian
+    from demandkit.blp.estimation import _hessian
 
     objective, theta, labels = _objective(CASES[case])
     objective(theta)
@@ -96,7 +96,7 @@ def test_hessian_matches_second_differences_of_the_objective(case):
 
 
 def test_objective_recalls_only_the_latest_thetas_bit_for_bit():
-    from demandkit.estimation import RECALLED
+    from demandkit.blp.objective import RECALLED
 
     objective, theta, _ = _objective(CASES["rc_demographics"])
     value, gradient = objective(theta)
@@ -170,7 +170,8 @@ def test_supply_gradient_matches_finite_differences(costs_type, design):
     )
     beta = [np.nan, -1.5] + [np.nan] * (problem.K1 - 2)
     space = ParameterSpace.for_problem(problem, sigma, None, None, bounded=False, beta=beta)
-    from demandkit.estimation import StackedSystem, _initial_W
+    from demandkit.blp.estimation import _initial_W
+    from demandkit.blp.objective import StackedSystem
 
     W = _initial_W(problem, StackedSystem.build(problem, space), None)
     objective = GMMObjective(

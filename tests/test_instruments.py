@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 
 import demandkit as dk
-from demandkit.exceptions import InvalidDataError, SpecificationError
-from demandkit.instruments import (
+from demandkit.construction.instruments import (
     _blocks,
     build_blp_instruments,
     build_differentiation_instruments,
     build_id_data,
 )
+from demandkit.exceptions import InvalidDataError, SpecificationError
 from demandkit.layout import Layout
 
 RTOL = 1e-8

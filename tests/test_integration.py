@@ -1,4 +1,4 @@
-"""Tests of ``demandkit.integration``: rules, reproducibility, market stacking, validation, PyBLP oracle."""
+"""Tests of ``demandkit.configurations.integration``: rules, reproducibility, stacking, validation, PyBLP oracle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm, qmc
 
-from demandkit.integration import SPECIFICATIONS, Integration, IntegrationSpecification
+from demandkit.configurations.integration import SPECIFICATIONS, Integration, IntegrationSpecification
 
 RANDOM = ("monte_carlo", "halton", "sobol", "lhs", "mlhs")
 DETERMINISTIC = ("product", "grid")

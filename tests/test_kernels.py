@@ -7,7 +7,7 @@ from _synthetic import simulate
 from scipy.special import logsumexp
 
 import demandkit as dk
-from demandkit.demand import DemandModel
+from demandkit.blp.demand import DemandModel
 from demandkit.kernels.shares import Nesting, compute_probabilities, log_shares, share_jacobian
 
 torch.set_default_dtype(torch.float64)
@@ -190,9 +190,9 @@ def _generic_markups(delta, mu, alpha, weights, ownership, shares, mask):
 def test_logit_markups_closed_form_backward_matches_autograd(ownership_kind, uniform_alpha, mixed_signs):
     """Closed-form markups backward (firm sums or a full ownership matrix; price derivatives of either sign) equals
     autograd through the generic path."""
+    from demandkit.blp.supply import firm_codes
     from demandkit.kernels.markups import LogitMarkups
     from demandkit.kernels.shares import LogitProbabilities
-    from demandkit.supply import firm_codes
 
     delta, mu, alpha, weights, ownership, shares, mask = _markups_inputs(
         uniform_alpha=uniform_alpha, mixed_signs=mixed_signs
@@ -235,7 +235,7 @@ def test_lu_factor_transposed_solves_the_untransposed_system():
 
 
 def test_firm_codes_describe_firm_ownership_only():
-    from demandkit.supply import firm_codes
+    from demandkit.blp.supply import firm_codes
 
     _, _, _, _, ownership, _, mask = _markups_inputs()
     firms = firm_codes(ownership, mask)

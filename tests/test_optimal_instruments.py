@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 import demandkit as dk
+from demandkit.blp.optimal_instruments import compute_optimal_instruments
+from demandkit.construction.instruments import build_differentiation_instruments, build_id_data
 from demandkit.exceptions import SpecificationError
-from demandkit.instruments import build_differentiation_instruments, build_id_data
-from demandkit.optimal_instruments import compute_optimal_instruments
 from demandkit.simulation import Simulation
 
 RTOL = 1e-8

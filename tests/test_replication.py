@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import demandkit as dk
-from demandkit.cli import main
+from demandkit.interfaces.cli import main
 from demandkit.replications import nevo
 
 

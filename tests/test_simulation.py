@@ -17,8 +17,8 @@ import pytest
 
 import demandkit as dk
 from demandkit import montecarlo
+from demandkit.construction.instruments import build_id_data
 from demandkit.exceptions import SpecificationError
-from demandkit.instruments import build_id_data
 from demandkit.simulation import Simulation, SimulationError
 
 RTOL = 1e-8

@@ -1,17 +1,17 @@
 """demandkit: structural demand estimation on a batched PyTorch engine, with PyBLP's interface."""
 
 from . import data, exceptions, frac, montecarlo, replications
-from .construction import build_ownership
-from .formulation import Formulation
-from .instruments import build_blp_instruments, build_differentiation_instruments, build_id_data
-from .integration import Integration
-from .iteration import Iteration
+from .blp.optimal_instruments import OptimalInstrumentResults
+from .blp.problem import Problem
+from .blp.results import ProblemResults
+from .configurations.formulation import Formulation
+from .configurations.integration import Integration
+from .configurations.iteration import Iteration
+from .configurations.optimization import Optimization
+from .construction.instruments import build_blp_instruments, build_differentiation_instruments, build_id_data
+from .construction.ownership import build_ownership
 from .mixed_logit import MixedLogit, MixedLogitResults
-from .optimal_instruments import OptimalInstrumentResults
-from .optimization import Optimization
-from .problem import Problem
-from .results import ProblemResults
-from .simulation import Simulation, SimulationResults
+from .simulation.simulation import Simulation, SimulationResults
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..configurations.formulation import Formulation
 from ..exceptions import InvalidDataError
-from ..formulation import Formulation
-from ..validation import label
+from ..layout.validation import label
 from .specification import STATE_VARIABLE, Columns, StateDependence
 
 

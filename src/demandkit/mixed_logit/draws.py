@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..configurations.integration import Integration
 from ..exceptions import SpecificationError
-from ..integration import Integration
 
 #: individuals per independently seeded block of pseudo-random draws
 BLOCK = 256

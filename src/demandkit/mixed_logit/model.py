@@ -24,11 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..configurations.formulation import Formulation
+from ..configurations.integration import Integration
+from ..configurations.optimization import Optimization, OptimizationResult
+from ..configurations.options import check_choice
+from ..device import resolve_device
 from ..exceptions import ConvergenceWarning, SpecificationError
-from ..formulation import Formulation
-from ..integration import Integration
-from ..optimization import Optimization, OptimizationResult
-from ..options import check_choice
 from .covariance import covariances
 from .data import Panel, build_panel
 from .draws import DrawSource
@@ -54,15 +55,6 @@ DEFAULT_INTEGRATION = Integration("halton", 500, {"seed": 0})
 DEFAULT_GTOL = 1e-5
 #: the default gradient tolerance under float32, whose rounding of the mean log-likelihood is about 1e-7
 FLOAT32_GTOL = 1e-3
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``; CUDA that is not available falls back to the CPU with a warning."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn("CUDA is not available; running on the CPU.", UserWarning, stacklevel=3)
-        return torch.device("cpu")
-    return device
 
 
 class MixedLogit:

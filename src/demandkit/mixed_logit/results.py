@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 from scipy.stats import norm
 
+from ..configurations.options import check_choice
+from ..device import resolve_device
 from ..exceptions import SpecificationError
-from ..options import check_choice
 from ..persistence import Persistent
 from . import postestimation
 from .engine import Engine
@@ -141,8 +142,6 @@ class MixedLogitResults(Persistent):
 
     def _engine(self, data: pd.DataFrame | None, device: str | torch.device, require_choice: bool) -> Engine:
         """An engine on ``data``; the estimation engine (draws and chunks already built) when it lays out the same."""
-        from .model import resolve_device
-
         same_layout = require_choice or self.specification.state_dependence is None
         if data is None and self.model is not None and same_layout:
             return self.model._engine(device, torch.float64, None)

@@ -22,10 +22,10 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from ..configurations.formulation import Formulation
+from ..configurations.integration import Integration
+from ..configurations.options import check_choice
 from ..exceptions import SpecificationError
-from ..formulation import Formulation
-from ..integration import Integration
-from ..options import check_choice
 
 Distribution = Literal["normal", "lognormal", "triangular", "uniform", "truncated_normal"]
 DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)

@@ -1,6 +1,6 @@
 """The batched demand model: mean utilities to shares for every market at once, and its inversion.
 
-:class:`DemandModel` holds the tensors of a :class:`~demandkit.problem.Problem` (no pandas, no
+:class:`DemandModel` holds the tensors of a :class:`~demandkit.blp.problem.Problem` (no pandas, no
 formulas) and composes the kernels: random coefficients, choice probabilities, shares, the Berry
 inversion by a fixed-point method, and its implicit derivative with respect to
 :math:`\\theta = (\\Sigma, \\Pi, \\rho)`.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .kernels.fixed_point import (
+from ..kernels.fixed_point import (
     FixedPointResult,
     ImplicitInversion,
     Pullback,
@@ -25,8 +25,8 @@ from .kernels.fixed_point import (
     iterate_squarem,
     residual_pullback,
 )
-from .kernels.linalg import lu_factor_transposed
-from .kernels.shares import (
+from ..kernels.linalg import lu_factor_transposed
+from ..kernels.shares import (
     MASKED,
     ExpUtilities,
     LogitProbabilities,

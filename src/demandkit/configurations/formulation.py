@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import InvalidDataError, SpecificationError
+from ..exceptions import InvalidDataError, SpecificationError
 
 _INTERCEPT_NAMES = ("Intercept", "1")
 _ABSORB_TERM = re.compile(r"^C\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)$|^(?P<bare>[A-Za-z_][A-Za-z0-9_]*)$")

@@ -1,11 +1,11 @@
-"""``Problem``: product and agent tables, validated and laid out as batched tensors for estimation.
+"""``Economy``: product and agent tables, validated and laid out as batched tensors.
 
-``Problem(product_formulations, product_data, agent_formulation, agent_data, integration)`` follows
-PyBLP: ``product_formulations`` is ``(X1, X2)`` (a supply side X3 is the next capability), columns are
-named ``market_ids``, ``shares``, ``prices``, ``firm_ids``, ``nesting_ids``, ``clustering_ids``,
-``demand_instruments0..``; agents have ``market_ids``, ``weights``, ``nodes0..`` and demographics.
-Exogenous columns of X1 (those that do not move with prices) are added to the demand instruments
-unless ``add_exogenous=False``. ``solve`` lives in :mod:`demandkit.estimation`.
+Columns follow PyBLP: products have ``market_ids``, ``shares``, ``prices``, ``firm_ids``, ``nesting_ids``,
+``clustering_ids``, ``demand_instruments0..``, ``supply_instruments0..``; agents have ``market_ids``, ``weights``,
+``nodes0..`` and demographics. Exogenous columns of X1 (those that do not move with prices) are added to the
+demand instruments unless ``add_exogenous=False``. Estimation (``Problem.solve``) lives one floor up, in
+:mod:`demandkit.blp.problem`, so that everything between the data and the estimator can take an ``Economy``
+without importing the estimator.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .exceptions import InvalidDataError, SpecificationError
-from .formulation import Formulation, absorb
-from .integration import Integration
-from .layout import Layout
-from .options import CostsType, RCType, check_choice
-from .validation import (
+from ..configurations.formulation import Formulation, absorb
+from ..configurations.integration import Integration
+from ..configurations.options import CostsType, RCType, check_choice
+from ..construction.ownership import ownership_from_firms
+from ..device import resolve_device
+from ..exceptions import InvalidDataError, SpecificationError
+from ..layout.padding import Layout
+from ..layout.validation import (
     as_frame,
     check_agent_markets,
     check_finite,
@@ -52,31 +54,12 @@ class Design:
     demographics_labels: list[str]
 
 
-class Problem:
-    """A BLP demand estimation problem (logit, nested logit, random-coefficients (nested) logit).
+class Economy:
+    """The data of a BLP problem laid out once as padded ``[T, J, ...]`` tensors (PyBLP's ``Economy``).
 
-    Parameters
-    ----------
-    product_formulations : Formulation or sequence of Formulation
-        ``(X1, X2)``: linear characteristics (with ``absorb`` for fixed effects) and characteristics with
-        random coefficients; omit X2 (or pass None) for the logit and nested logit.
-    product_data : DataFrame or mapping
-        One row per product and market (see the module docstring for column names).
-    agent_formulation : Formulation, optional
-        Demographics :math:`d_i` interacted with X2 through :math:`\\Pi`, e.g. ``'0 + income'``.
-    agent_data : DataFrame or mapping, optional
-        ``market_ids``, ``weights``, ``nodes0..`` and the demographics.
-    integration : Integration, optional
-        Builds nodes and weights for every market instead of (or in place of the nodes in) agent_data.
-    rc_types : sequence of {'linear', 'log', 'logit'}, optional
-        How each random coefficient enters: as is, exponentiated (lognormal) or through the logistic
-        function. Default all ``'linear'``.
-    add_exogenous : bool
-        Add the exogenous X1 columns to the demand instruments (PyBLP's default).
-    device : str
-        ``'cpu'`` or ``'cuda'``; the same code runs on both.
-    dtype : torch.dtype
-        ``torch.float64`` by default.
+    Everything a model needs (designs, instruments, agents, ownership, nests, fixed-effect codes) and nothing of
+    estimation: :class:`~demandkit.blp.problem.Problem` adds ``solve``, and the kernels, the objective, the
+    results and the counterfactuals take an ``Economy``. The arguments are :class:`~demandkit.Problem`'s.
     """
 
     def __init__(
@@ -105,7 +88,7 @@ class Problem:
         self.integration = integration
         self.costs_type = costs_type
         self.add_exogenous = add_exogenous
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.products = as_frame(product_data, "product_data")
         self._build_products()
@@ -287,6 +270,10 @@ class Problem:
     def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype or self.dtype, device=self.device)
 
+    def padded(self, values: np.ndarray) -> torch.Tensor:
+        """Rows in the user's order (``N`` or ``N x K``) as a padded ``[T, J(, K)]`` tensor on the problem's device."""
+        return torch.as_tensor(self.layout.pad(values), dtype=self.dtype, device=self.device)
+
     def _build_tensors(self) -> None:
         layout = self.layout
         self.N, self.T = len(self.shares), len(layout.market_ids)
@@ -364,17 +351,6 @@ class Problem:
             lines.append(f"  d: {self.agent_formulation}")
         return "\n".join(lines)
 
-    def solve(self, sigma: Any = None, pi: Any = None, rho: Any = None, **kwargs: Any) -> Any:
-        """Estimate the model by GMM. See :func:`demandkit.estimation.solve` for every argument.
-
-        On the CPU, freed memory is kept for reuse while it runs (:func:`demandkit.memory.reuse_freed_memory`).
-        """
-        from .estimation import solve
-        from .memory import reuse_freed_memory
-
-        with reuse_freed_memory():
-            return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
-
 
 def first_agent_rows(values: np.ndarray, loaded: np.ndarray, built: np.ndarray, name: str) -> np.ndarray:
     """The first ``I_t`` loaded rows of ``values`` in each market, to match ``I_t`` integration-built agents.
@@ -392,12 +368,3 @@ def first_agent_rows(values: np.ndarray, loaded: np.ndarray, built: np.ndarray, 
         )
     padded = loaded_layout.pad(values)[:, : built_layout.mask.shape[1]]
     return built_layout.unpad(padded)
-
-
-def ownership_from_firms(layout: Layout, firm_ids: np.ndarray) -> np.ndarray:
-    """Padded ``[T, J, J]`` matrix with ones where two products of a market share a firm."""
-    codes = np.unique(firm_ids, return_inverse=True)[1]
-    padded = layout.pad(codes, -1)
-    same = padded[:, :, None] == padded[:, None, :]
-    both = layout.mask[:, :, None] & layout.mask[:, None, :]
-    return (same & both).astype(np.float64)

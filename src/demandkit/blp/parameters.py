@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .exceptions import SpecificationError
+from ..exceptions import SpecificationError
 
 
 def _matrix(name: str, value: Any, shape: tuple[int, int], required: bool) -> np.ndarray:

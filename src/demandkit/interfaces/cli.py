@@ -54,7 +54,7 @@ def _apply_merges(firm_ids: Any, pairs: list[str]) -> Any:
 def _merger(arguments: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .results import ProblemResults
+    from ..blp.results import ProblemResults
 
     results = ProblemResults.from_pickle(arguments.results)
     firm_ids = results.problem.products["firm_ids"].to_numpy().copy()

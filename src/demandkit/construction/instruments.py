@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .exceptions import InvalidDataError, SpecificationError
-from .formulation import Formulation
-from .layout import Layout
-from .options import check_choice
-from .validation import as_frame, require_columns
+from ..configurations.formulation import Formulation
+from ..configurations.options import check_choice
+from ..exceptions import InvalidDataError, SpecificationError
+from ..layout.padding import Layout
+from ..layout.validation import as_frame, require_columns
 
 DifferentiationVersion = Literal["local", "quadratic"]
 

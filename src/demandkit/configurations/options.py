@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from .exceptions import SpecificationError
+from ..exceptions import SpecificationError
 
 IterationMethod = Literal["squarem", "simple", "newton", "return"]
 IterationNorm = Literal["infinity", "l2"]

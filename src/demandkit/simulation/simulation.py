@@ -6,7 +6,7 @@ draws divided by the number of products of the market, and :math:`(\\xi, \\omega
 bivariate normal, all from one ``numpy.random.RandomState(seed)`` in PyBLP's order (shares, prices, product
 variables by name, demographics by name, then the errors), so that a seed gives the same data every time.
 
-The data are laid out once as a :class:`~demandkit.problem.Problem` on the placeholder shares (it owns the
+The data are laid out once as a :class:`~demandkit.blp.problem.Problem` on the placeholder shares (it owns the
 padded ``[T, J]`` designs, their price derivatives, ownership, nests and agents), and
 :meth:`Simulation.replace_endogenous` solves the Bertrand-Nash equilibrium of every market at once by the
 :math:`\\zeta`-markup fixed point of Morrow and Skerlos (2011),
@@ -25,13 +25,17 @@ when it is not given (PyBLP requires it); costs that depend on shares are held a
 (``constant_costs=True``); the price iteration stops on the change in prices (PyBLP weights the change by
 :math:`|\\Lambda|`); lagged unobservables (``phi``), ``epsilon_scale``, agent-specific availability and
 profit Hessians are not implemented.
+
+Why this module is long: it is one class, PyBLP's ``Simulation``, whose drawing of the data (in PyBLP's order
+of the random state, which a seed must reproduce) and whose two solvers (``replace_endogenous``,
+``replace_exogenous``) share the same private state; the model's pieces live elsewhere
+(:mod:`demandkit.blp.equilibrium`, :mod:`demandkit.simulation.results`).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -39,18 +43,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .demand import DemandModel
-from .exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
-from .formulation import Formulation
-from .integration import Integration
-from .iteration import Iteration
-from .kernels.fixed_point import FixedPointResult, iterate_simple, iterate_squarem
-from .kernels.markups import zeta_markups
-from .kernels.shares import Probabilities, agent_utilities, compute_probabilities, share_jacobian
-from .options import check_choice
-from .problem import Problem, first_agent_rows
-from .supply import SupplyModel
-from .validation import as_frame, numbered_columns, require_columns
+from ..blp.demand import DemandModel
+from ..blp.economy import first_agent_rows
+from ..blp.equilibrium import PriceDemand, linear_in_prices, solve_equilibrium
+from ..blp.problem import Problem
+from ..blp.supply import SupplyModel
+from ..configurations.formulation import Formulation
+from ..configurations.integration import Integration
+from ..configurations.iteration import Iteration
+from ..configurations.options import check_choice
+from ..exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
+from ..kernels.fixed_point import FixedPointResult
+from ..layout.validation import as_frame, numbered_columns, require_columns
+from .results import SimulationResults
 
 ErrorBehavior = Literal["raise", "warn"]
 
@@ -78,122 +83,6 @@ class SimulationError(DemandkitError, RuntimeError):
     """
 
 
-# ------------------------------------------------------------------------------------------ the model
-
-
-@dataclass(frozen=True)
-class PriceDemand:
-    """Demand as a function of prices (used for equilibria here and in :mod:`demandkit.optimal_instruments`).
-
-    Utilities as functions of prices for every market: :math:`\\delta(p)`, :math:`X_2(p)` and
-    :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}` (all ``[T, J, ...]`` tensors)."""
-
-    problem: Problem
-    model: DemandModel
-    coefficients: Tensor | None  # [T, I, K2]
-    rho: Tensor
-    beta: Tensor
-    base_delta: Tensor  # delta at the problem's prices
-    base_prices: Tensor
-    linear: bool
-
-    def state(self, prices: Tensor) -> tuple[Probabilities, Tensor, Tensor]:
-        """Probabilities, price derivatives of utilities and mean utilities at ``prices`` (``[T, J]``)."""
-        p, model = self.problem, self.model
-        if self.linear:
-            change = torch.where(model.mask, prices - self.base_prices, 0.0)
-            delta = self.base_delta + (p.dX1_padded @ self.beta) * change
-            X2 = None if self.coefficients is None else model.X2 + p.dX2_padded * change.unsqueeze(-1)
-            dX1, dX2 = p.dX1_padded, p.dX2_padded
-        else:
-            frame = p.products.assign(prices=p.layout.unpad(prices.detach().cpu().numpy()))
-            X1 = p.product_formulations[0].build_matrix(frame)[0]
-            change = (X1 - p.design.X1_raw) @ self.beta.cpu().numpy()
-            delta = self.base_delta + _pad(p, change)
-            dX1 = _pad(p, p.product_formulations[0].derivative_matrix(frame, "prices"))
-            X2 = dX2 = None
-            if self.coefficients is not None:
-                X2 = _pad(p, p.product_formulations[1].build_matrix(frame)[0])
-                dX2 = _pad(p, p.product_formulations[1].derivative_matrix(frame, "prices"))
-        mu = None if X2 is None else torch.einsum("tjk,tik->tji", X2, self.coefficients)
-        nested_rho = self.rho if model.nesting is not None else None
-        probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
-        derivatives = (dX1 @ self.beta).unsqueeze(-1)
-        if self.coefficients is not None:
-            derivatives = derivatives + torch.einsum("tjk,tik->tji", dX2, self.coefficients)
-        return probabilities, derivatives.expand(-1, -1, model.weights.shape[1]), delta
-
-    def shares(self, probabilities: Probabilities) -> Tensor:
-        return (torch.exp(probabilities.log_probabilities) * self.model.weights.unsqueeze(1)).sum(-1)
-
-    def zeta(self, prices: Tensor, costs: Tensor, ownership: Tensor) -> tuple[Tensor, Tensor]:
-        """:math:`\\zeta(p)` and :math:`|\\Lambda|` at ``prices`` (zero in padded slots)."""
-        model = self.model
-        probabilities, derivatives, _ = self.state(prices)
-        margins = prices - costs
-        if model.nesting is None:
-            P = torch.exp(probabilities.log_probabilities)
-            lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1)
-            zeta = zeta_markups(P, model.weights, derivatives, ownership, margins, model.mask)
-            return zeta, lam.abs()
-        # nested logit kernel: Lambda_jj = sum_i w_i P_ij alpha_ij / (1 - rho_j) and Gamma = Lambda - D
-        jacobian = share_jacobian(probabilities, model.weights, model.mask, model.nesting, derivatives)
-        P = torch.exp(probabilities.log_probabilities) * model.mask.unsqueeze(-1)
-        lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1) / (1 - probabilities.rho)
-        gamma = torch.diag_embed(lam) - jacobian
-        transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)
-        safe = torch.where(model.mask & (lam != 0), lam, torch.full_like(lam, 1e-300))
-        zeta = torch.where(model.mask, (transfer - self.shares(probabilities)) / safe, 0.0)
-        return zeta, lam.abs()
-
-    def profit_gradients(self, prices: Tensor, costs: Tensor, ownership: Tensor) -> Tensor:
-        """First-order conditions :math:`s_j + \\sum_k O_{jk} \\partial s_k/\\partial p_j (p_k - c_k)`, ``[T, J]``."""
-        probabilities, derivatives, _ = self.state(prices)
-        model = self.model
-        jacobian = share_jacobian(probabilities, model.weights, model.mask, model.nesting, derivatives)
-        margins = torch.where(model.mask, prices - costs, 0.0)
-        gradient = self.shares(probabilities) + torch.einsum("tjk,tkj,tk->tj", ownership, jacobian, margins)
-        return torch.where(model.mask, gradient, 0.0)
-
-
-def solve_equilibrium(
-    demand: PriceDemand, costs: Tensor, start: Tensor, ownership: Tensor, iteration: Iteration
-) -> FixedPointResult:
-    """Bertrand-Nash prices of every market by iterating :math:`p \\leftarrow c + \\zeta(p)` from ``start``.
-
-    ``iteration`` is ``'simple'``, ``'squarem'`` or ``'return'`` (keep ``start``); each market stops on its own.
-    """
-    mask = demand.model.mask
-    if iteration.method not in ("simple", "squarem", "return"):
-        raise SpecificationError(
-            f"Equilibrium prices iterate with 'simple', 'squarem' or 'return'; received {iteration.method!r}."
-        )
-    if iteration.method == "return":
-        ones = torch.ones(mask.shape[0], dtype=torch.int64, device=start.device)
-        return FixedPointResult(start, ones.bool(), 0 * ones, 0 * ones)
-
-    def update(current: Tensor) -> Tensor:
-        return torch.where(mask, costs + demand.zeta(current, costs, ownership)[0], 0.0)
-
-    solver = iterate_squarem if iteration.method == "squarem" else iterate_simple
-    return solver(update, torch.where(mask, start, 0.0), mask, iteration.options)
-
-
-def _pad(problem: Problem, values: np.ndarray) -> Tensor:
-    return torch.as_tensor(problem.layout.pad(values), dtype=problem.dtype, device=problem.device)
-
-
-def linear_in_prices(problem: Problem) -> bool:
-    """Whether X1 and X2 are linear in prices (their price derivatives do not move with prices)."""
-    shifted = problem.products.assign(prices=problem.products["prices"] * 1.7 + 0.3)
-    pairs = ((problem.product_formulations[0], problem.dX1), (problem.product_formulations[1], problem.dX2))
-    return all(
-        formulation is None
-        or np.allclose(formulation.derivative_matrix(shifted, "prices"), derivative, rtol=1e-7, atol=1e-9)
-        for formulation, derivative in pairs
-    )
-
-
 # ----------------------------------------------------------------------------------------- simulation
 
 
@@ -205,7 +94,7 @@ class Simulation:
     product_formulations : Formulation or sequence of Formulation
         ``(X1, X2, X3)``; X2 and X3 may be omitted or None. No fixed effect absorption.
     product_data : DataFrame or mapping
-        ``market_ids`` and ``firm_ids`` (see :func:`~demandkit.instruments.build_id_data`), optionally
+        ``market_ids`` and ``firm_ids`` (see :func:`~demandkit.construction.instruments.build_id_data`), optionally
         ``nesting_ids``, ``product_ids``, ``clustering_ids``, ``ownership0..``, ``prices``, ``shares`` and any
         characteristics. Variables the formulations use but the data lack are drawn from :math:`U(0, 1)`.
     beta, sigma, pi, gamma, rho : array-like
@@ -400,7 +289,7 @@ class Simulation:
             coefficients=model.coefficients(sigma, pi),
             rho=self._tensor(self.rho.reshape(-1)),
             beta=beta,
-            base_delta=_pad(p, base),
+            base_delta=p.padded(base),
             base_prices=p.prices_padded,
             linear=linear_in_prices(p),
         )
@@ -458,8 +347,8 @@ class Simulation:
         iteration = iteration or Iteration("simple", {"atol": 1e-12})
         demand = self._demand()
         ownership = self._ownership()
-        c = _pad(self.problem, costs_rows)
-        start = _pad(self.problem, start_rows)
+        c = self.problem.padded(costs_rows)
+        start = self.problem.padded(start_rows)
         with torch.no_grad():
             result = solve_equilibrium(demand, c, start, ownership, iteration)
             prices_padded = result.values
@@ -517,7 +406,7 @@ class Simulation:
         iteration = iteration or Iteration("squarem", {"atol": 1e-14})
         model = DemandModel(p)
         sigma, pi, rho = self._tensor(self.sigma), self._tensor(self.pi), self._tensor(self.rho.reshape(-1))
-        start = p.logit_delta if delta is None else _pad(p, _vector("delta", delta, self.N, required=True))
+        start = p.logit_delta if delta is None else p.padded(_vector("delta", delta, self.N, required=True))
         with torch.no_grad():
             inversion = model.invert(sigma, pi, rho, start, iteration.method, iteration.options)
             delta_rows = self._rows(inversion.delta)[:, 0]
@@ -622,139 +511,3 @@ def _matrix(name: str, value: Any, shape: tuple[int, int]) -> np.ndarray:
     if not np.isfinite(matrix).all():
         raise SpecificationError(f"{name} has NaN or infinite values.")
     return matrix
-
-
-# -------------------------------------------------------------------------------------------- results
-
-
-class SimulationResults:
-    """A solved simulation (PyBLP's ``SimulationResults``).
-
-    Attributes
-    ----------
-    simulation : Simulation
-        The simulation that was solved.
-    product_data : DataFrame
-        :attr:`Simulation.product_data` with prices and shares (or the exogenous characteristics) replaced.
-    delta, costs : ndarray
-        ``N x 1`` mean utilities and marginal costs at the solution.
-    fp_converged, fp_iterations, contraction_evaluations : ndarray
-        Per market (sorted market order): convergence, iterations and evaluations of the fixed point.
-    profit_gradients : ndarray or None
-        ``N x 1`` first-order conditions :math:`\\partial \\pi_f/\\partial p_j` at the equilibrium (zero at an
-        exact equilibrium), from :meth:`Simulation.replace_endogenous`.
-    profit_gradient_norms : ndarray or None
-        ``T x 1`` infinity norms of the profit gradients in each market.
-    computation_time : float
-        Seconds spent solving.
-    """
-
-    def __init__(
-        self,
-        simulation: Simulation,
-        override: dict[str, np.ndarray],
-        delta: np.ndarray,
-        costs: np.ndarray | None,
-        result: FixedPointResult,
-        seconds: float,
-        profit_gradients: np.ndarray | None = None,
-        profit_gradient_norms: np.ndarray | None = None,
-    ) -> None:
-        self.simulation = simulation
-        self.product_data = simulation.product_data.assign(**override)
-        self.delta = delta
-        self.costs = costs
-        self.computation_time = seconds
-        self.fp_converged = result.converged.cpu().numpy().astype(bool)
-        self.fp_iterations = result.iterations.cpu().numpy().astype(np.int64)
-        self.contraction_evaluations = result.evaluations.cpu().numpy().astype(np.int64)
-        self.profit_gradients = profit_gradients
-        self.profit_gradient_norms = profit_gradient_norms
-
-    def __str__(self) -> str:
-        lines = [
-            "Simulation Results:",
-            f"  computation time: {self.computation_time:.3f} s, "
-            f"fixed point failures: {int((~self.fp_converged).sum())}, "
-            f"iterations: {int(self.fp_iterations.sum())}, evaluations: {int(self.contraction_evaluations.sum())}",
-        ]
-        if self.profit_gradient_norms is not None:
-            lines.append(f"  max norm of profit gradients: {float(np.max(self.profit_gradient_norms)):.3e}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The results' arrays by name (``product_data`` as a DataFrame)."""
-        names = ("product_data", "delta", "costs", "computation_time", "fp_converged", "fp_iterations")
-        names += ("contraction_evaluations", "profit_gradients", "profit_gradient_norms")
-        return {name: getattr(self, name) for name in names}
-
-    def default_instruments(self) -> tuple[np.ndarray, np.ndarray]:
-        """PyBLP's default excluded instruments: BLP sums of the exogenous X1 (X3) variables, plus a constant when
-        the number of products varies across markets, with constant columns dropped, and supply (demand) shifters.
-        """
-        from .instruments import build_blp_instruments
-
-        simulation = self.simulation
-        data = simulation.product_data
-        X1_names = simulation.product_formulations[0].variables - {"prices"}
-        X3_formulation = simulation.product_formulations[2]
-        X3_names = X3_formulation.variables - {"shares"} if X3_formulation is not None else set()
-        sizes = simulation.problem.layout.sizes
-        intercept = "1" if bool((sizes < sizes.max()).any()) else "0"
-        N = simulation.N
-        demand, supply = np.zeros((N, 0)), np.zeros((N, 0))
-        if X1_names or intercept == "1":
-            demand = build_blp_instruments(Formulation(" + ".join([intercept, *sorted(X1_names)])), data)
-            demand = demand[:, (demand != demand[0]).any(axis=0)]
-        if simulation.K3 and (X3_names or intercept == "1"):
-            supply = build_blp_instruments(Formulation(" + ".join([intercept, *sorted(X3_names)])), data)
-            supply = supply[:, (supply != supply[0]).any(axis=0)]
-        if X3_names - X1_names:
-            shifters = Formulation(" + ".join(["0", *sorted(X3_names - X1_names)])).build_matrix(data)[0]
-            demand = np.column_stack([demand, shifters])
-        if simulation.K3 and X1_names - X3_names:
-            shifters = Formulation(" + ".join(["0", *sorted(X1_names - X3_names)])).build_matrix(data)[0]
-            supply = np.column_stack([supply, shifters])
-        return demand, supply
-
-    def to_problem(
-        self,
-        product_formulations: Any = None,
-        product_data: Any = None,
-        agent_formulation: Formulation | None = None,
-        agent_data: Any = None,
-        integration: Integration | None = None,
-        rc_types: Any = None,
-        costs_type: str | None = None,
-        add_exogenous: bool = True,
-        device: str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> Problem:
-        """The solved simulation as a :class:`~demandkit.problem.Problem` ready to solve.
-
-        Arguments default to the simulation's; ``product_data`` defaults to :attr:`product_data` with
-        :meth:`default_instruments` as ``demand_instruments0..`` and ``supply_instruments0..``.
-        """
-        simulation = self.simulation
-        if product_data is None:
-            demand, supply = self.default_instruments()
-            frame = self.product_data.drop(
-                columns=numbered_columns(self.product_data, "demand_instruments")
-                + numbered_columns(self.product_data, "supply_instruments")
-            )
-            columns = {f"demand_instruments{k}": demand[:, k] for k in range(demand.shape[1])}
-            columns.update({f"supply_instruments{k}": supply[:, k] for k in range(supply.shape[1])})
-            product_data = frame.assign(**columns)
-        formulations = simulation.product_formulations if product_formulations is None else product_formulations
-        return Problem(
-            formulations,
-            product_data,
-            simulation.agent_formulation if agent_formulation is None else agent_formulation,
-            simulation.agent_data if agent_data is None and integration is None else agent_data,
-            integration,
-            rc_types=simulation.rc_types if rc_types is None else rc_types,
-            costs_type=simulation.costs_type if costs_type is None else costs_type,
-            add_exogenous=add_exogenous,
-            device=str(simulation.problem.device) if device is None else device,
-            dtype=simulation.problem.dtype if dtype is None else dtype,
-        )

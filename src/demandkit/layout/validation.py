@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from .exceptions import InvalidDataError, SpecificationError
+from ..exceptions import InvalidDataError, SpecificationError
 
 
 def as_frame(data: object, name: str) -> pd.DataFrame:

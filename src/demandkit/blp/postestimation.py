@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .kernels.shares import agent_utilities, log_inclusive_values, random_coefficients, share_jacobian
+from ..kernels.shares import agent_utilities, log_inclusive_values, random_coefficients, share_jacobian
 
 
 class DemandPostEstimation:
-    """Mixin for :class:`~demandkit.results.ProblemResults`: elasticities, diversion, surplus, shares."""
+    """Mixin for :class:`~demandkit.blp.results.ProblemResults`: elasticities, diversion, surplus, shares."""
 
     problem: Any
     model: Any

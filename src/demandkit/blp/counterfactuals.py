@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .exceptions import ConvergenceWarning, InvalidDataError, SpecificationError
-from .iteration import Iteration
-from .kernels.fixed_point import iterate_simple
-from .kernels.markups import bertrand_markups, zeta_markups
-from .kernels.shares import agent_utilities, compute_probabilities, share_jacobian
-from .problem import ownership_from_firms
+from ..configurations.iteration import Iteration
+from ..construction.ownership import ownership_from_firms
+from ..exceptions import ConvergenceWarning, InvalidDataError, SpecificationError
+from ..kernels.equilibrium import iterate_prices
+from ..kernels.markups import bertrand_markups, zeta_markups
+from ..kernels.shares import agent_utilities, compute_probabilities, share_jacobian
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MergerResults:
 
 
 class SupplyPostEstimation:
-    """Mixin for :class:`~demandkit.results.ProblemResults` with the supply-side computations."""
+    """Mixin for :class:`~demandkit.blp.results.ProblemResults` with the supply-side computations."""
 
     problem: Any
     model: Any
@@ -213,28 +213,16 @@ class SupplyPostEstimation:
             mask = model.mask
             if model.nesting is None:
 
-                def update(current: Tensor) -> Tensor:
+                def markups(current: Tensor) -> Tensor:
                     probabilities, derivatives, _ = self._demand_at(current)
-                    zeta = zeta_markups(
-                        torch.exp(probabilities.log_probabilities),
-                        model.weights,
-                        derivatives,
-                        own,
-                        current - costs_padded,
-                        mask,
-                    )
-                    return torch.where(mask, costs_padded + zeta, 0.0)
+                    P = torch.exp(probabilities.log_probabilities)
+                    return zeta_markups(P, model.weights, derivatives, own, current - costs_padded, mask)
             else:
 
-                def update(current: Tensor) -> Tensor:
-                    return torch.where(mask, costs_padded + self._markups_at(current, own)[0], 0.0)
+                def markups(current: Tensor) -> Tensor:
+                    return self._markups_at(current, own)[0]
 
-            if iteration.method == "squarem":
-                from .kernels.fixed_point import iterate_squarem
-
-                result = iterate_squarem(update, torch.where(mask, start, 0.0), mask, iteration.options)
-            else:
-                result = iterate_simple(update, torch.where(mask, start, 0.0), mask, iteration.options)
+            result = iterate_prices(markups, costs_padded, start, mask, iteration.method, iteration.options)
         if not bool(result.converged.all()):
             failed = [p.layout.market_ids[t] for t in torch.nonzero(~result.converged).flatten().tolist()]
             warnings.warn(

@@ -2,7 +2,7 @@
 
 Attributes keep PyBLP's names and shapes (``sigma`` is ``K2 x K2``, ``beta`` is ``K1 x 1``, ``delta``
 and ``xi`` are ``N x 1``, ...). Post-estimation comes from
-:class:`~demandkit.postestimation.DemandPostEstimation`.
+:class:`~demandkit.blp.postestimation.DemandPostEstimation`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..persistence import Persistent
 from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
-from .persistence import Persistent
+from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
+from .summary import format_results
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -144,13 +146,11 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         self.clipped_costs = int(evaluation.clipped_costs)
         self.first_stage = first_stage(problem)
 
-    def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> Any:
+    def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> OptimalInstrumentResults:
         """Chamberlain (1987) optimal instruments.
 
-        See :func:`demandkit.optimal_instruments.compute_optimal_instruments` for the arguments.
+        See :func:`demandkit.blp.optimal_instruments.compute_optimal_instruments` for the arguments.
         """
-        from .optimal_instruments import compute_optimal_instruments
-
         return compute_optimal_instruments(self, *args, **kwargs)
 
     # --------------------------------------------------------------- tables
@@ -172,8 +172,6 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         return pd.DataFrame(rows, columns=["parameter", "name", "estimate", "se"])
 
     def __str__(self) -> str:
-        from .summary import format_results
-
         return format_results(self)
 
     def __repr__(self) -> str:

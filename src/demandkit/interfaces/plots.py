@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .counterfactuals import MergerResults
-    from .results import ProblemResults
+    from ..blp.counterfactuals import MergerResults
+    from ..blp.results import ProblemResults
 
 _KINDS = {  # title, method, row axis label, column axis label
     "elasticities": ("Elasticities", "compute_elasticities", "Share of product", "Price of product"),

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidDataError, SpecificationError
-from .layout import Layout
-from .validation import as_frame, require_columns
+from ..exceptions import InvalidDataError, SpecificationError
+from ..layout.padding import Layout
+from ..layout.validation import as_frame, require_columns
 
 
 def build_ownership(
@@ -50,3 +50,12 @@ def build_ownership(
             f"kappa_specification must be None, a callable, 'monopoly' or 'single'; received {kappa_specification!r}."
         )
     return layout.unpad(np.where(both, matrices, np.nan))
+
+
+def ownership_from_firms(layout: Layout, firm_ids: np.ndarray) -> np.ndarray:
+    """Padded ``[T, J, J]`` matrix with ones where two products of a market share a firm."""
+    codes = np.unique(firm_ids, return_inverse=True)[1]
+    padded = layout.pad(codes, -1)
+    same = padded[:, :, None] == padded[:, None, :]
+    both = layout.mask[:, :, None] & layout.mask[:, None, :]
+    return (same & both).astype(np.float64)

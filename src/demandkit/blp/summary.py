@@ -44,7 +44,7 @@ def _eigenvalue_extremes(eigenvalues: np.ndarray) -> list[str]:
 
 
 def format_results(results: Any) -> str:
-    """The summary printed for :class:`~demandkit.results.ProblemResults`."""
+    """The summary printed for :class:`~demandkit.blp.results.ProblemResults`."""
     se_name = {"robust": "Robust", "clustered": "Clustered", "unadjusted": "Unadjusted"}[results.se_type]
     parts = [
         _table(

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..kernels.markups import FirmCodes, LogitMarkups, bertrand_markups
+from ..kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
 from .demand import DemandModel, Inversion
-from .kernels.markups import FirmCodes, LogitMarkups, bertrand_markups
-from .kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
 
 
 class SupplyModel:

@@ -1,267 +1,33 @@
-"""GMM estimation of a :class:`~demandkit.problem.Problem`: the objective, its autograd gradient, the
-one- and two-step procedure, and the covariance of the estimates.
+"""GMM estimation of a BLP problem: the one- and two-step procedure, the weighting matrices, the covariance of
+the estimates and the optimality checks, around the objective of :mod:`demandkit.blp.objective`.
 
-At :math:`\\theta` the objective inverts shares for :math:`\\delta(\\theta)` in every market at once,
-absorbs fixed effects and, with a supply side, computes Bertrand-Nash markups and marginal costs
-:math:`\\tilde c = c` or :math:`\\log c`. The structural errors come from the stacked system
-
-.. math::
-
-    \\begin{pmatrix}\\delta - X_1\\beta \\\\ \\tilde c - X_3\\gamma\\end{pmatrix}
-    = \\begin{pmatrix}\\xi \\\\ \\omega\\end{pmatrix}, \\qquad
-    E\\left[\\begin{pmatrix} Z_D'\\xi \\\\ Z_S'\\omega \\end{pmatrix}\\right] = 0,
-
-with the elements of :math:`(\\beta, \\gamma)` not in :math:`\\theta` concentrated out by IV-GMM, and the
-objective is :math:`q(\\theta) = N\\bar g'W\\bar g`. One backward pass gives :math:`\\nabla q`, with the
-inversion differentiated by the implicit function theorem and the markups through the share Jacobian.
+The first step minimizes :math:`q(\\theta) = N\\bar g(\\theta)'W\\bar g(\\theta)` (the objective and its gradient
+are :class:`~demandkit.blp.objective.GMMObjective`'s) from the initial weighting matrix
+:math:`W = (Z'Z/N)^{+}`; a second step re-weights with :math:`W = S^{+}`, the Moore-Penrose inverse of the
+moments' covariance at the first-step estimates. The covariance of the estimates is
+:math:`(G'WG)^{-1}G'WSWG(G'WG)^{-1}/N` with :math:`G` the moments' Jacobian.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..configurations.iteration import Iteration
+from ..configurations.optimization import Optimization, OptimizationResult
+from ..configurations.options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
+from ..exceptions import ConvergenceWarning, SpecificationError
+from ..kernels.gmm import invert, moment_covariances, parameter_covariances
 from .demand import DemandModel
-from .exceptions import ConvergenceWarning, SpecificationError
-from .iteration import Iteration
-from .kernels.absorption import Absorb
-from .kernels.gmm import LinearIV, invert, moment_covariances, parameter_covariances
-from .optimization import Optimization, OptimizationResult
-from .options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
+from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
-from .supply import SupplyModel
-
-
-@dataclass
-class EvaluationStats:
-    """Running totals over objective evaluations.
-
-    ``evaluations`` are computed; ``repeated`` are requests for a :math:`\\theta` evaluated moments before (an
-    L-BFGS-B line search that fails returns to its base point), answered from memory.
-    """
-
-    evaluations: int = 0
-    repeated: int = 0
-    fp_iterations: int = 0
-    contraction_evaluations: int = 0
-    fp_failures: int = 0
-    reverted: int = 0
-    seconds: float = 0.0
-    last_unconverged_markets: list[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Everything computed at one :math:`\\theta` (tensors detached)."""
-
-    theta: np.ndarray
-    objective: float
-    gradient: np.ndarray
-    delta: Tensor  # [T, J] padded, before absorption
-    delta_rows: Tensor  # [N] absorbed, in the user's row order
-    beta: Tensor  # [K1], all elements
-    gamma: Tensor  # [K3]
-    xi: Tensor  # [N]
-    omega: Tensor | None  # [N]
-    costs: Tensor | None  # [N] marginal costs before clipping
-    clipped_costs: int
-    converged: Tensor  # [T]
-    iterations: Tensor
-    evaluations: Tensor
-
-
-@dataclass(frozen=True)
-class StackedSystem:
-    """Block-diagonal regressors and instruments of the demand (and supply) equations."""
-
-    X: Tensor  # [E N, K_eliminated]
-    Z: Tensor  # [E N, M]
-    equations: int
-
-    @classmethod
-    def build(cls, problem: Any, space: ParameterSpace) -> StackedSystem:
-        X1 = problem.X1_tensor[:, torch.as_tensor(space.eliminated_beta, device=problem.device)]
-        if not problem.K3:
-            return cls(X1, problem.ZD_tensor, 1)
-        X3 = problem.X3_tensor[:, torch.as_tensor(space.eliminated_gamma, device=problem.device)]
-        return cls(torch.block_diag(X1, X3), torch.block_diag(problem.ZD_tensor, problem.ZS_tensor), 2)
-
-    def split(self, stacked: Tensor) -> list[Tensor]:
-        return list(stacked.chunk(self.equations))
-
-    def instruments(self, problem: Any) -> list[Tensor]:
-        return [problem.ZD_tensor] + ([problem.ZS_tensor] if self.equations == 2 else [])
-
-
-RECALLED = 4
-"""How many of the latest evaluations :meth:`GMMObjective.evaluate_or_recall` keeps."""
-
-
-class GMMObjective:
-    """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start."""
-
-    def __init__(
-        self,
-        problem: Any,
-        model: DemandModel,
-        space: ParameterSpace,
-        iteration: Iteration,
-        W: Tensor,
-        delta_start: Tensor,
-        delta_behavior: str,
-        stats: EvaluationStats,
-        costs_bounds: tuple[float, float],
-    ) -> None:
-        self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
-        self.supply = SupplyModel(problem, model) if problem.K3 else None
-        self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
-        self.system = StackedSystem.build(problem, space)
-        self.iv = LinearIV.build(self.system.X, self.system.Z, W)
-        self.start = delta_start
-        self.delta_behavior = delta_behavior
-        self.stats = stats
-        self.costs_bounds = costs_bounds
-        self._first = True
-        self.last: Evaluation | None = None
-        self.recent: OrderedDict[bytes, Evaluation] = OrderedDict()  # the latest evaluations with gradients
-
-    def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
-        return Absorb.apply(rows, codes, counts) if codes else rows
-
-    def structural(self, theta: Tensor) -> tuple[Tensor, Any, Tensor, Tensor | None, int]:
-        """Left-hand sides of the stacked system at ``theta``: ``(y, inversion, delta_rows, costs, clipped)``."""
-        p = self.problem
-        sigma, pi, rho = self.space.unpack(theta)
-        beta, gamma = self.space.unpack_linear(theta)
-        inversion = self.model.invert(sigma, pi, rho, self.start, self.iteration.method, self.iteration.options)
-        delta_rows = self._absorb(inversion.delta[p.rows_market, p.rows_slot], p.absorb_codes, p.absorb_counts)
-        y = delta_rows - p.X1_tensor @ beta
-        if self.supply is None:
-            return y, inversion, delta_rows, None, 0
-        markups = self.supply.markups(
-            inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares, inversion=inversion
-        )
-        costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot]
-        lower, upper = self.costs_bounds
-        clipped = int(((costs < lower) | (costs > upper)).sum())
-        bounded = costs.clamp(min=lower, max=upper) if clipped else costs
-        transformed = torch.log(bounded) if p.costs_type == "log" else bounded
-        transformed = self._absorb(transformed, p.supply_absorb_codes, p.supply_absorb_counts)
-        y_supply = transformed - p.X3_tensor @ gamma
-        return torch.cat([y, y_supply]), inversion, delta_rows, costs, clipped
-
-    def full_linear(self, theta: Tensor, eliminated: Tensor) -> tuple[Tensor, Tensor]:
-        """``beta [K1]`` and ``gamma [K3]`` combining theta's elements with the concentrated ones."""
-        beta, gamma = self.space.unpack_linear(theta)
-        n_beta = len(self.space.eliminated_beta)
-        beta = beta.index_put((torch.as_tensor(self.space.eliminated_beta, device=beta.device),), eliminated[:n_beta])
-        gamma = gamma.index_put(
-            (torch.as_tensor(self.space.eliminated_gamma, device=gamma.device),), eliminated[n_beta:]
-        )
-        return beta, gamma
-
-    def evaluate(self, theta_values: np.ndarray, gradient: bool = True) -> Evaluation:
-        start_time = time.perf_counter()
-        p = self.problem
-        theta = torch.as_tensor(theta_values, dtype=p.dtype, device=p.device).clone()
-        theta.requires_grad_(gradient and theta.numel() > 0)
-        y, inversion, delta_rows, costs, clipped = self.structural(theta)
-        eliminated, residuals = self.iv.residuals(y)
-        objective = self.iv.objective(residuals, p.N)
-        if theta.requires_grad:
-            (grad,) = torch.autograd.grad(objective, theta)
-        else:
-            grad = torch.zeros_like(theta)
-        result = inversion.result
-        self.stats.evaluations += 1
-        self.stats.fp_iterations += int(result.iterations.sum())
-        self.stats.contraction_evaluations += int(result.evaluations.sum())
-        failed = ~result.converged
-        if bool(failed.any()):
-            self.stats.fp_failures += 1
-            self.stats.last_unconverged_markets = torch.nonzero(failed).flatten().tolist()
-        solved = torch.where(p.product_mask, result.values, 0.0)
-        if self.delta_behavior == "last" or self._first:
-            if bool(torch.isfinite(solved).all()):
-                self.start = solved
-            self._first = False
-        beta, gamma = self.full_linear(theta.detach(), eliminated.detach())
-        parts = self.system.split(residuals.detach())
-        self.stats.seconds += time.perf_counter() - start_time
-        return Evaluation(
-            np.asarray(theta_values, dtype=np.float64).copy(),
-            float(objective.detach()),
-            grad.detach().cpu().numpy().astype(np.float64),
-            inversion.delta.detach(),
-            delta_rows.detach(),
-            beta,
-            gamma,
-            parts[0],
-            parts[1] if len(parts) > 1 else None,
-            None if costs is None else costs.detach(),
-            clipped,
-            result.converged,
-            result.iterations,
-            result.evaluations,
-        )
-
-    def evaluate_or_recall(self, theta_values: np.ndarray) -> Evaluation:
-        """:meth:`evaluate` with the gradient, unless this exact :math:`\\theta` (bit for bit) was among the last
-        :data:`RECALLED` evaluations, which are answered from memory (L-BFGS-B returns to its base point after a
-        failed line search). A new evaluation would give the same up to the inversion's tolerance: by default each
-        inversion starts from the step's first delta, so the objective is a function of :math:`\\theta` alone."""
-        key = np.asarray(theta_values, dtype=np.float64).tobytes()
-        evaluation = self.recent.get(key)
-        if evaluation is not None:
-            self.stats.repeated += 1
-            self.recent.move_to_end(key)
-            return evaluation
-        evaluation = self.evaluate(theta_values)
-        self.recent[key] = evaluation
-        if len(self.recent) > RECALLED:
-            self.recent.popitem(last=False)
-        return evaluation
-
-    def __call__(self, theta_values: np.ndarray) -> tuple[float, np.ndarray]:
-        """Value and gradient for the optimizer; a non-finite value reverts to the last finite one."""
-        evaluation = self.evaluate_or_recall(theta_values)
-        if not np.isfinite(evaluation.objective) or not np.isfinite(evaluation.gradient).all():
-            self.stats.reverted += 1
-            if self.last is None:
-                return 1e300, np.zeros_like(evaluation.gradient)
-            return self.last.objective, self.last.gradient
-        self.last = evaluation
-        return evaluation.objective, evaluation.gradient
-
-    def moments_jacobian(self, evaluation: Evaluation) -> Tensor:
-        """:math:`\\bar G = \\partial \\bar g/\\partial(\\theta, \\beta_c, \\gamma_c)`, ``[M, P + K_c]``.
-
-        The block for :math:`\\theta` comes from one reverse-mode pass per moment (no ``N x P`` or
-        ``J x J x P`` array is formed); the concentrated block is :math:`-Z'X/N`.
-        """
-        p = self.problem
-        N = p.N
-        Z, X = self.system.Z, self.system.X
-        concentrated = -Z.T @ X / N
-        P = evaluation.theta.size
-        if P == 0:
-            return concentrated
-        self.start = torch.where(p.product_mask, evaluation.delta, 0.0)
-        theta = torch.as_tensor(evaluation.theta, dtype=p.dtype, device=p.device).clone().requires_grad_(True)
-        y = self.structural(theta)[0]
-        moments = Z.T @ y / N
-        rows = [
-            torch.autograd.grad(moments[m], theta, retain_graph=m + 1 < moments.shape[0])[0]
-            for m in range(moments.shape[0])  # a loop over moments (post-estimation only)
-        ]
-        return torch.cat([torch.stack(rows), concentrated], dim=1)
+from .results import ProblemResults
 
 
 @dataclass(frozen=True)
@@ -355,8 +121,6 @@ def solve(
     -------
     ProblemResults
     """
-    from .results import ProblemResults
-
     check_choice("method", method, GMMMethod)
     check_choice("W_type", W_type, CovarianceType)
     check_choice("se_type", se_type, CovarianceType)
