@@ -10,6 +10,8 @@ from .configurations.iteration import Iteration
 from .configurations.optimization import Optimization
 from .construction.instruments import build_blp_instruments, build_differentiation_instruments, build_id_data
 from .construction.ownership import build_ownership
+from .integrated import IntegratedProblem, IntegratedResults
+from .integrated.simulation import IntegratedSimulation
 from .mixed_logit import MixedLogit, MixedLogitResults
 from .simulation.simulation import Simulation, SimulationResults
 
@@ -18,6 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Formulation",
     "Integration",
+    "IntegratedProblem",
+    "IntegratedResults",
+    "IntegratedSimulation",
     "Iteration",
     "MixedLogit",
     "MixedLogitResults",
