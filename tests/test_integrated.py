@@ -276,3 +276,17 @@ def test_products_may_enter_and_exit_and_households_skip_weeks():
     lags_known = len(problem.situations.household)
     skipped = micro[~((micro["individual_ids"] == 0) & (micro["time_ids"] == 3))].reset_index(drop=True)
     assert len(_build(products, skipped).situations.household) == lags_known - 2  # week 3 and week 4 of household 0
+
+
+def test_counterfactual_path(solved):
+    """Unchanged data reproduce the observed shares; without advertising (beta_ads > 0) the inside goods lose share
+    in every market and week."""
+    sim, results = solved
+    baseline = results.simulate()
+    np.testing.assert_allclose(baseline["counterfactual_shares"], sim.product_data["shares"], rtol=1e-9)
+    np.testing.assert_allclose(baseline["shares"], sim.product_data["shares"], rtol=1e-9)
+    no_ads = results.simulate(sim.product_data.assign(ads=0.0))
+    totals = no_ads.groupby(["market_ids", "time_ids"])[["shares", "counterfactual_shares"]].sum()
+    assert np.all(totals["counterfactual_shares"] < totals["shares"])
+    with pytest.raises(InvalidDataError, match="same order"):
+        results.simulate(sim.product_data.iloc[::-1])

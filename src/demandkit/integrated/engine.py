@@ -155,6 +155,24 @@ class Engine:
             out.append(delta)
         return torch.stack(out, 1)
 
+    def shares_path(self, c: Coefficients, delta: Tensor, X2: Tensor | None = None) -> Tensor:
+        """``[M, T, J]`` shares of the population when mean utilities are ``delta`` (and characteristics ``X2``),
+        by the recursion over periods from the initial state: a counterfactual path."""
+        saved = self.X2
+        if X2 is not None:
+            self.X2 = X2
+        try:
+            with torch.no_grad():
+                state, out = self._initial_state(), []
+                for t in range(self.shape[1]):
+                    mu, gamma = self._period_inputs(c, t)
+                    p = kernels.period(delta[:, t], mu, gamma, state, self.available[:, t])
+                    out.append(torch.where(self.available[:, t], kernels.shares(p, self.weights), 0.0))
+                    state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
+        finally:
+            self.X2 = saved
+        return torch.stack(out, 1)
+
     # ------------------------------------------------------------------ micro
     def household_loglikelihood(self, c: Coefficients, delta: Tensor, chunk: tuple[int, int, int, int]) -> Tensor:
         """Log-likelihood of each household of ``chunk`` (``[H_chunk]``)."""

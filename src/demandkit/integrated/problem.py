@@ -229,6 +229,8 @@ class IntegratedProblem:
         failed = np.argwhere(~fp_converged)
         return IntegratedResults(
             self,
+            engine=engine,
+            space=space,
             sigma=estimates["sigma"],
             sigma_se=errors["sigma"],
             pi=estimates["pi"],

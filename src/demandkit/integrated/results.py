@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from ..exceptions import InvalidDataError
 from ..persistence import Persistent
 
 
@@ -47,6 +49,42 @@ class IntegratedResults(Persistent):
         self.problem = problem
         for name, value in values.items():
             setattr(self, name, value)
+
+    # --------------------------------------------------------- counterfactuals
+    def simulate(self, product_data: Any = None) -> pd.DataFrame:
+        """Shares of every market and period under changed product characteristics (e.g. advertising set to zero).
+
+        ``product_data`` has the rows of the estimation data (same ``market_ids``, ``time_ids``, ``product_ids`` in
+        the same order) with some X1 or X2 columns changed. Mean utilities move by :math:`\\Delta X_1 \\hat\\beta`
+        (fixed effects and :math:`\\xi` held at their estimates), random coefficients see the new X2, and the
+        population's choices are rolled forward from the initial state, so that a change in one week carries
+        into later weeks through state dependence. Returns one row per product, market and week with the fitted
+        ``shares`` (equal to the observed shares) and the ``counterfactual_shares``.
+        """
+        problem = self.problem
+        frame = problem.products if product_data is None else pd.DataFrame(product_data).reset_index(drop=True)
+        keys = ["market_ids", "time_ids", "product_ids"]
+        if len(frame) != len(problem.products) or not frame[keys].equals(problem.products[keys]):
+            raise InvalidDataError(
+                "simulate's product_data must have the estimation data's rows (market_ids, time_ids, product_ids) "
+                "in the same order; change only characteristics."
+            )
+        X1 = problem.product_formulations[0]
+        change = (X1.build_matrix(frame)[0] - X1.build_matrix(problem.products)[0]) @ self.beta
+        a, engine = problem.aggregate, self.engine
+        delta = torch.as_tensor(a.pad(self.delta[:, 0] + change), dtype=engine.dtype, device=engine.device)
+        X2 = None
+        if problem.K2:
+            X2 = torch.as_tensor(
+                a.pad(problem.product_formulations[1].build_matrix(frame)[0]), dtype=engine.dtype, device=engine.device
+            )
+        c = self.space.coefficients(torch.as_tensor(self.theta, dtype=engine.dtype, device=engine.device))
+        fitted = engine.shares_path(c, delta.new_tensor(a.pad(self.delta[:, 0])))
+        counterfactual = engine.shares_path(c, delta, X2)
+        out = frame[keys].copy()
+        out["shares"] = a.unpad(fitted.cpu().numpy())
+        out["counterfactual_shares"] = a.unpad(counterfactual.cpu().numpy())
+        return out
 
     # ---------------------------------------------------------------- tables
     def to_frame(self) -> pd.DataFrame:
