@@ -138,3 +138,71 @@ def test_too_few_demographic_rows_for_the_integration_name_the_market(data):
             short.drop(columns=[c for c in short if c.startswith("nodes")]),
             integration=dk.Integration("halton", 8),
         )
+
+
+@pytest.mark.parametrize("column", ["shares", "prices", "x", "demand_instruments0"])
+def test_numbers_stored_as_text_name_the_column(data, column):
+    products = data[0].assign(**{column: data[0][column].astype(str)})
+    with pytest.raises(
+        dk.exceptions.InvalidDataError, match=rf"Column '{column}' of product_data holds text.*to_numeric"
+    ):
+        _logit(products)
+
+
+@pytest.mark.parametrize("column", ["weights", "nodes0", "income"])
+def test_agent_numbers_stored_as_text_name_the_column(data, column):
+    products, agents = data
+    with pytest.raises(dk.exceptions.InvalidDataError, match=rf"Column '{column}' of agent_data holds text"):
+        _rc(products, agents.assign(**{column: agents[column].astype(str)}))
+
+
+def test_formulations_refuse_text_outside_categorical_terms(data):
+    products = data[0].assign(prices=lambda d: d.prices.map(str))
+    with pytest.raises(dk.exceptions.InvalidDataError, match=r"Column 'prices', which the formula .* holds text"):
+        dk.Formulation("1 + log(prices)").build_matrix(products)
+    firms = data[0].assign(firm_ids=lambda d: "firm " + d.firm_ids.astype(str))  # text is fine inside C(...)
+    assert dk.Formulation("1 + prices + x + C(firm_ids)").numeric_variables == {"prices", "x"}
+    assert dk.Problem(dk.Formulation("1 + prices + x + C(firm_ids)"), firms).K1 > 3
+
+
+def test_mixed_logit_numbers_stored_as_text_name_the_column():
+    panel = dk.mixed_logit.simulate_panel(5, 2, 3, {"price": (None, -1.0, 0.0)}, seed=0).data
+    columns = dict(
+        choice="chosen", situation_ids="situation", individual_ids="individual", alternative_ids="alternative"
+    )
+    with pytest.raises(dk.exceptions.InvalidDataError, match="Column 'price'.*holds text.*to_numeric"):
+        dk.MixedLogit(dk.Formulation("0 + price"), panel.assign(price=panel.price.astype(str)), **columns)
+
+
+def test_empty_tables(data):
+    products, agents = data
+    with pytest.raises(dk.exceptions.InvalidDataError, match="product_data has no rows"):
+        _logit(products.iloc[:0])
+    with pytest.raises(dk.exceptions.InvalidDataError, match="agent_data has no rows"):
+        _rc(products, agents.iloc[:0])
+
+
+def test_extreme_price_scale_is_named(data):
+    products, agents = data
+    products = products.assign(prices=products.prices * 1e8)
+    problem = dk.Problem(
+        (dk.Formulation("1 + prices + x"), dk.Formulation("0 + prices + x")),
+        products,
+        dk.Formulation("0 + income"),
+        agents,
+    )
+    with pytest.raises(dk.exceptions.InvalidDataError, match=r"not finite.*extreme scale: 'prices' \(X1, X2.*Rescale"):
+        problem.solve(
+            sigma=np.eye(2), pi=[[0], [1]], method="1s", iteration=dk.Iteration("squarem", {"max_evaluations": 100})
+        )
+
+
+def test_duplicated_products_warn_naming_the_market(data):
+    products = data[0]
+    repeated = pd.concat([products, products.iloc[[5]].assign(x=0.5)], ignore_index=True)
+    with pytest.warns(UserWarning, match=r"'product_ids' of product_data repeats a product within market\(s\) 1 "):
+        _logit(repeated)
+    identical = pd.concat([products, products.iloc[[5, 13]]], ignore_index=True).drop(columns="product_ids")
+    with pytest.warns(UserWarning, match=r"product_data has identical rows within market\(s\) 1, 3 \(4 rows"):
+        _logit(identical)
+    _logit(products.assign(product_ids=np.nan))  # missing ids are not compared: no warning

@@ -9,6 +9,20 @@ from typing import Any, TypeVar
 
 Loaded = TypeVar("Loaded", bound="Persistent")
 
+# What pickle.load raises on a damaged or foreign file (an empty file gives EOFError, a missing class AttributeError
+# or ImportError, stray bytes UnpicklingError or one of the others); kept apart from OSError (a missing file).
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
+
 
 class Persistent:
     """``to_json``, ``to_pickle`` and ``from_pickle`` for a class that defines ``to_dict``."""
@@ -30,9 +44,24 @@ class Persistent:
 
     @classmethod
     def from_pickle(cls: type[Loaded], path: str | Path) -> Loaded:
-        """Load an object saved by :meth:`to_pickle`; only open files you trust (pickle runs code)."""
+        """Load an object saved by :meth:`to_pickle`; only open files you trust (pickle runs code).
+
+        Raises
+        ------
+        ValueError
+            The file is not a readable pickle (truncated, corrupt, another format, or classes that this
+            version of demandkit does not have); the message names the file.
+        TypeError
+            The file holds an object of another class.
+        """
         with open(path, "rb") as handle:
-            loaded = pickle.load(handle)
+            try:
+                loaded = pickle.load(handle)
+            except _UNREADABLE as error:
+                raise ValueError(
+                    f"{path} is not a readable pickle of a {cls.__name__} ({type(error).__name__}: {error}); the "
+                    "file may be truncated or corrupt, in another format, or written by another version of demandkit."
+                ) from error
         if not isinstance(loaded, cls):
             raise TypeError(f"{path} holds a {type(loaded).__name__}, not a {cls.__name__}.")
         return loaded

@@ -24,7 +24,7 @@ from ..configurations.iteration import Iteration
 from ..construction.ownership import ownership_from_firms
 from ..exceptions import ConvergenceWarning, InvalidDataError, SpecificationError
 from ..kernels.equilibrium import iterate_prices
-from ..kernels.markups import bertrand_markups, zeta_markups
+from ..kernels.markups import bertrand_markups, equilibrium_zeta
 from ..kernels.shares import agent_utilities, compute_probabilities, share_jacobian
 
 
@@ -211,16 +211,11 @@ class SupplyPostEstimation:
             start = p.prices_padded if prices is None else self._pad(prices, "prices")
             own = self._ownership_tensor(firm_ids, ownership)
             mask = model.mask
-            if model.nesting is None:
 
-                def markups(current: Tensor) -> Tensor:
-                    probabilities, derivatives, _ = self._demand_at(current)
-                    P = torch.exp(probabilities.log_probabilities)
-                    return zeta_markups(P, model.weights, derivatives, own, current - costs_padded, mask)
-            else:
-
-                def markups(current: Tensor) -> Tensor:
-                    return self._markups_at(current, own)[0]
+            def markups(current: Tensor) -> Tensor:
+                probabilities, derivatives, _ = self._demand_at(current)
+                margins = current - costs_padded
+                return equilibrium_zeta(probabilities, model.weights, derivatives, own, margins, mask, model.nesting)[0]
 
             result = iterate_prices(markups, costs_padded, start, mask, iteration.method, iteration.options)
         if not bool(result.converged.all()):

@@ -35,6 +35,8 @@ from ..layout.validation import (
     label,
     numbered_columns,
     require_columns,
+    require_rows,
+    warn_duplicate_products,
 )
 
 
@@ -91,6 +93,7 @@ class Economy:
         self.device = resolve_device(device)
         self.dtype = dtype
         self.products = as_frame(product_data, "product_data")
+        require_rows(self.products, "product_data")
         self._build_products()
         self.K2 = self.design.X2.shape[1]
         self.rc_types = tuple(rc_types) if rc_types is not None else ("linear",) * self.K2
@@ -111,14 +114,19 @@ class Economy:
         X1_formulation, X2_formulation = self.product_formulations[:2]
         if X2_formulation is not None and X2_formulation.absorb:
             raise SpecificationError("Fixed effects can be absorbed only into X1, not X2.")
-        used = {"shares"} | X1_formulation.variables | (X2_formulation.variables if X2_formulation else set())
+        used = (
+            {"shares"}
+            | X1_formulation.numeric_variables
+            | (X2_formulation.numeric_variables if X2_formulation else set())
+        )
         for formulation in (X1_formulation, X2_formulation):
             if formulation is not None:
                 require_columns(frame, sorted(formulation.variables), "product_data")
-        instrument_names = numbered_columns(frame, "demand_instruments")
+        instrument_names = numbered_columns(frame, "demand_instruments", "product_data")
         check_finite(frame, sorted(used) + instrument_names, "product_data")
         if frame["market_ids"].isna().any():
             raise SpecificationError("Column 'market_ids' of product_data has missing values.")
+        warn_duplicate_products(frame, "product_data", stacklevel=3)
         self.market_ids_of_rows = frame["market_ids"].to_numpy()
         self.shares = frame["shares"].to_numpy(dtype=np.float64)
         check_shares(self.shares, self.market_ids_of_rows)
@@ -171,8 +179,10 @@ class Economy:
         if X3_formulation is not None:
             require_columns(frame, ["prices", "firm_ids"], "product_data (a supply side needs them)")
             require_columns(frame, sorted(X3_formulation.variables - {"shares"}), "product_data")
-            instrument_names = numbered_columns(frame, "supply_instruments")
-            check_finite(frame, sorted(X3_formulation.variables | {"prices"}) + instrument_names, "product_data")
+            instrument_names = numbered_columns(frame, "supply_instruments", "product_data")
+            check_finite(
+                frame, sorted(X3_formulation.numeric_variables | {"prices"}) + instrument_names, "product_data"
+            )
             X3_raw, self.X3_labels = X3_formulation.build_matrix(frame)
             endogenous = [k for k, label in enumerate(self.X3_labels) if "shares" in label]
             exogenous = [k for k in range(len(self.X3_labels)) if k not in endogenous]
@@ -203,7 +213,7 @@ class Economy:
 
     def _ownership(self, frame: pd.DataFrame) -> np.ndarray | None:
         """Padded ``[T, J, J]`` ownership: ``ownership0..`` columns if given, else from ``firm_ids``."""
-        columns = numbered_columns(frame, "ownership")
+        columns = numbered_columns(frame, "ownership", "product_data")
         if columns:
             width = self.layout.mask.shape[1]
             if len(columns) < width:
@@ -235,13 +245,14 @@ class Economy:
         if frame is None and self.integration is None:
             raise SpecificationError("A random-coefficients problem needs agent_data with nodes or an integration.")
         if frame is not None:
+            require_rows(frame, "agent_data")
             require_columns(frame, ["market_ids"], "agent_data")
             check_agent_markets(self.market_ids_of_rows, frame["market_ids"].to_numpy())
         if self.agent_formulation is not None:
             if frame is None:
                 raise SpecificationError("agent_formulation needs agent_data with the demographics it names.")
             require_columns(frame, sorted(self.agent_formulation.variables), "agent_data")
-            check_finite(frame, sorted(self.agent_formulation.variables), "agent_data")
+            check_finite(frame, sorted(self.agent_formulation.numeric_variables), "agent_data")
             demographics, D_labels = self.agent_formulation.build_matrix(frame)
         if self.integration is not None:
             agent_markets, nodes, weights = self.integration.build_many(self.K2, markets)
@@ -249,7 +260,7 @@ class Economy:
                 loaded = frame["market_ids"].to_numpy()
                 demographics = first_agent_rows(demographics, loaded, agent_markets, "demographics")
         else:
-            node_names = numbered_columns(frame, "nodes")
+            node_names = numbered_columns(frame, "nodes", "agent_data")
             require_columns(frame, ["weights"], "agent_data")
             if not node_names:
                 raise SpecificationError("agent_data needs nodes0, nodes1, ... columns (or pass an integration).")

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..configurations.iteration import Iteration
 from ..kernels.equilibrium import iterate_prices
 from ..kernels.fixed_point import FixedPointResult
-from ..kernels.markups import zeta_markups
+from ..kernels.markups import equilibrium_zeta
 from ..kernels.shares import Probabilities, agent_utilities, compute_probabilities, share_jacobian
 from .demand import DemandModel
 from .economy import Economy
@@ -73,20 +73,9 @@ class PriceDemand:
         """:math:`\\zeta(p)` and :math:`|\\Lambda|` at ``prices`` (zero in padded slots)."""
         model = self.model
         probabilities, derivatives, _ = self.state(prices)
-        margins = prices - costs
-        if model.nesting is None:
-            P = torch.exp(probabilities.log_probabilities)
-            lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1)
-            zeta = zeta_markups(P, model.weights, derivatives, ownership, margins, model.mask)
-            return zeta, lam.abs()
-        # nested logit kernel: Lambda_jj = sum_i w_i P_ij alpha_ij / (1 - rho_j) and Gamma = Lambda - D
-        jacobian = share_jacobian(probabilities, model.weights, model.mask, model.nesting, derivatives)
-        P = torch.exp(probabilities.log_probabilities) * model.mask.unsqueeze(-1)
-        lam = (P * model.weights.unsqueeze(1) * derivatives).sum(-1) / (1 - probabilities.rho)
-        gamma = torch.diag_embed(lam) - jacobian
-        transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)
-        safe = torch.where(model.mask & (lam != 0), lam, torch.full_like(lam, 1e-300))
-        zeta = torch.where(model.mask, (transfer - self.shares(probabilities)) / safe, 0.0)
+        zeta, lam = equilibrium_zeta(
+            probabilities, model.weights, derivatives, ownership, prices - costs, model.mask, model.nesting
+        )
         return zeta, lam.abs()
 
     def profit_gradients(self, prices: Tensor, costs: Tensor, ownership: Tensor) -> Tensor:

@@ -10,8 +10,10 @@ moments' covariance at the first-step estimates. The covariance of the estimates
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +24,17 @@ from torch import Tensor
 from ..configurations.iteration import Iteration
 from ..configurations.optimization import Optimization, OptimizationResult
 from ..configurations.options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
-from ..exceptions import ConvergenceWarning, SpecificationError
+from ..exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
 from ..kernels.gmm import invert, moment_covariances, parameter_covariances
 from .demand import DemandModel
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
+
+EXTREME_SCALE = 1e4
+"""Columns with larger absolute values are named as the likely culprit when estimation breaks down numerically:
+random coefficients multiply X2 columns and demographics, so starting values of order one make utilities overflow,
+and the GMM's linear algebra loses precision with columns that large."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,22 @@ class Covariances:
     G: Tensor
 
 
+def _explain_failures(function: Callable[..., ProblemResults]) -> Callable[..., ProblemResults]:
+    """Turn a linear-algebra failure of ``function(problem, ...)`` into :func:`_numerical_failure`'s error."""
+
+    @functools.wraps(function)
+    def wrapped(problem: Any, *args: Any, **kwargs: Any) -> ProblemResults:
+        try:
+            return function(problem, *args, **kwargs)
+        except torch.linalg.LinAlgError as error:
+            raise _numerical_failure(
+                problem, f"A linear-algebra routine failed during the estimation ({error})"
+            ) from error
+
+    return wrapped
+
+
+@_explain_failures
 def solve(
     problem: Any,
     sigma: Any = None,
@@ -120,6 +143,15 @@ def solve(
     Returns
     -------
     ProblemResults
+
+    Raises
+    ------
+    InvalidDataError
+        The estimation broke down numerically (an objective, gradient or moment Jacobian that is not finite, a
+        singular matrix) and some columns have an extreme scale (above :data:`EXTREME_SCALE`): the message names
+        them and asks for rescaling.
+    SpecificationError
+        Bad arguments, or such a breakdown with no column of extreme scale (other starting values may help).
     """
     check_choice("method", method, GMMMethod)
     check_choice("W_type", W_type, CovarianceType)
@@ -163,6 +195,10 @@ def solve(
         objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds)
         optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
         evaluation = objective.evaluate_or_recall(optimized.x)
+        if not (np.isfinite(evaluation.objective) and np.isfinite(evaluation.gradient).all()):
+            raise _numerical_failure(
+                problem, f"GMM step {step}: the objective or its gradient is not finite{_where(problem, evaluation)}"
+            )
         _warn_failures(step, optimized, evaluation)
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
         theta = optimized.x
@@ -289,6 +325,10 @@ def _covariances(
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes, center
     )
+    if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(S).all())):
+        raise _numerical_failure(
+            problem, f"The moments' Jacobian or covariance is not finite{_where(problem, evaluation)}"
+        )
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]
@@ -330,3 +370,56 @@ def _with_progress(objective: GMMObjective, show: bool, step: int) -> Any:
         return value, gradient
 
     return wrapped
+
+
+def _scales(problem: Any) -> dict[str, tuple[list[str], float]]:
+    """For each column label: the matrices that hold it (X1, X2, ...) and its largest absolute value there."""
+    design = problem.design
+    matrices = [
+        ("X1", design.X1_labels, design.X1_raw),
+        ("X2", design.X2_labels, design.X2),
+        ("demographics", design.demographics_labels, problem.demographics),
+        ("demand instruments", design.ZD_labels, design.ZD),
+        ("X3", problem.X3_labels, problem.X3),
+        ("supply instruments", problem.ZS_labels, problem.ZS),
+    ]
+    scales: dict[str, tuple[list[str], float]] = {}
+    for kind, labels, matrix in matrices:
+        if matrix is None or matrix.size == 0:
+            continue
+        largest = np.nanmax(np.abs(matrix), axis=0)
+        for name, scale in zip(labels, largest, strict=True):
+            kinds, previous = scales.get(name, ([], 0.0))
+            scales[name] = ([*kinds, kind], max(previous, float(scale)))
+    return scales
+
+
+def _where(problem: Any, evaluation: Evaluation) -> str:
+    """Where an evaluation broke down: its parameters and the markets whose inversion failed."""
+    text = f" at theta = {np.array2string(evaluation.theta, precision=4, threshold=10)}"
+    failed = int((~evaluation.converged).sum())
+    if failed:
+        text += f" (the inversion for delta did not converge in {failed} of {problem.T} markets)"
+    return text
+
+
+def _numerical_failure(problem: Any, what: str) -> DemandkitError:
+    """The error for an estimation that broke down numerically, naming the columns of extreme scale if any."""
+    scales = _scales(problem)
+    extreme = sorted(
+        ((name, kinds, scale) for name, (kinds, scale) in scales.items() if scale > EXTREME_SCALE),
+        key=lambda item: -item[2],
+    )
+    if extreme:
+        names = "; ".join(
+            f"{name!r} ({', '.join(kinds)}; |values| up to {scale:.2g})" for name, kinds, scale in extreme
+        )
+        return InvalidDataError(
+            f"{what}. These columns have an extreme scale: {names}. Random coefficients multiply them and the GMM "
+            "solves linear systems with them, so utilities overflow and the linear algebra loses precision. Rescale "
+            "them to values of order one (prices in thousands rather than units, say) and build the problem again."
+        )
+    return SpecificationError(
+        f"{what}. No column has an extreme scale (above {EXTREME_SCALE:.0e}); try starting values of sigma and pi "
+        "(or rho) nearer to zero, another Iteration, or characteristics rescaled nearer to one."
+    )

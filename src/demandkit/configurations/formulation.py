@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from ..exceptions import InvalidDataError, SpecificationError
 
@@ -85,6 +86,7 @@ class Formulation:
                 f"The formula {self.formula!r} names {sorted(unknown)}, which are not columns of the data "
                 f"(columns: {sorted(map(str, data.columns))})."
             )
+        _reject_text(data, self.numeric_variables, self.formula)
         try:
             matrix = model_matrix(self.formula, data, na_action="raise", output="pandas")
         except Exception as error:  # formulaic raises several types; surface them as one
@@ -98,6 +100,14 @@ class Formulation:
     @property
     def variables(self) -> set[str]:
         """Names of the data columns the formula uses (best effort, for validation)."""
+        return self._variables(numeric_only=False)
+
+    @property
+    def numeric_variables(self) -> set[str]:
+        """Names of the data columns the formula reads as numbers: all but those used only inside ``C(...)``."""
+        return self._variables(numeric_only=True)
+
+    def _variables(self, numeric_only: bool) -> set[str]:
         from formulaic import Formula
 
         try:
@@ -105,7 +115,8 @@ class Formulation:
             variables = set()
             for term in formula.rhs.root if hasattr(formula, "rhs") else formula.root:
                 for factor in term.factors:
-                    variables |= _factor_variables(factor)
+                    if not (numeric_only and _is_categorical(factor)):
+                        variables |= _factor_variables(factor)
         except Exception:
             return set()
         return variables - {"1", "0", "Intercept"}
@@ -156,6 +167,38 @@ def _factor_variables(factor: Any) -> set[str]:
         node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     return names - callables - {"np", "numpy"}
+
+
+def _is_categorical(factor: Any) -> bool:
+    """Whether a formulaic factor is ``C(...)``, whose column may hold text."""
+    import ast
+
+    try:
+        tree = ast.parse(str(getattr(factor, "expr", factor)), mode="eval")
+    except SyntaxError:
+        return False
+    call = tree.body
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "C"
+
+
+def _reject_text(data: pd.DataFrame, names: set[str], formula: str) -> None:
+    """Raise naming the first of the columns ``names`` that holds text where ``formula`` needs numbers.
+
+    formulaic would quietly treat such a column as categorical (one dummy per distinct string), so
+    ``'1 + prices'`` with prices stored as strings would not estimate a price coefficient at all.
+    """
+    for name in sorted(names & set(data.columns)):
+        column = data[name]
+        if is_numeric_dtype(column) or is_bool_dtype(column) or isinstance(column.dtype, pd.CategoricalDtype):
+            continue
+        text = column.map(lambda value: isinstance(value, (str, bytes))).to_numpy(dtype=bool)
+        if text.any():
+            row = int(np.argmax(text))
+            raise InvalidDataError(
+                f"Column {name!r}, which the formula {formula!r} uses as a number, holds text ({int(text.sum())} "
+                f"value(s), the first {column.iloc[row]!r} in row {row}). Convert it to numbers first, for example "
+                f"data[{name!r}] = pd.to_numeric(data[{name!r}]); write C({name}) only if its values are categories."
+            )
 
 
 def absorb(matrix: np.ndarray, ids: np.ndarray | None, method: str | None = None) -> np.ndarray:

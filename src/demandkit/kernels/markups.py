@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .linalg import lu_factor_transposed
-from .shares import identity_padded
+from .shares import Nesting, Probabilities, identity_padded, share_jacobian
 
 
 def bertrand_markups(jacobian: Tensor, ownership: Tensor, shares: Tensor, mask: Tensor) -> Tensor:
@@ -49,6 +49,61 @@ def zeta_markups(
     transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)  # ((O * Gamma)' (p - c))_j
     safe = torch.where(mask, lam, torch.ones_like(lam))
     return torch.where(mask, (transfer - shares) / safe, torch.zeros_like(lam))
+
+
+def equilibrium_zeta(
+    probabilities: Probabilities,
+    weights: Tensor,
+    derivatives: Tensor,
+    ownership: Tensor,
+    margins: Tensor,
+    mask: Tensor,
+    nesting: Nesting | None,
+) -> tuple[Tensor, Tensor]:
+    """The :math:`\\zeta` markups of Morrow and Skerlos (2011) and the diagonal of :math:`\\Lambda`, for the logit
+    and the nested logit kernels, ``[T, J]`` each (zero in padded slots).
+
+    Parameters
+    ----------
+    probabilities : Probabilities
+        Choice probabilities at the current prices (with the nests' :math:`\\rho_j` under nesting).
+    weights : Tensor
+        ``[T, I]`` agent weights.
+    derivatives : Tensor
+        :math:`\\alpha_{ijt} = \\partial u_{ijt}/\\partial p_{jt}`, ``[T, J, I]``.
+    ownership : Tensor
+        ``[T, J, J]`` ownership matrices.
+    margins : Tensor
+        :math:`p - c`, ``[T, J]``.
+    mask : Tensor
+        ``[T, J]`` booleans, true on real products.
+    nesting : Nesting, optional
+        Nest membership; None for the (random-coefficients) logit.
+
+    Returns
+    -------
+    tuple of Tensor
+        :math:`\\zeta(p)` and :math:`\\Lambda_{jj}`.
+
+    Notes
+    -----
+    Without nests :math:`\\Lambda_{jj} = \\sum_i w_i P_{ij}\\alpha_{ij}` (:func:`zeta_markups`). With nests the
+    own-price derivative of agent :math:`i`'s probability has the leading term :math:`P_{ij}\\alpha_{ij}/(1-\\rho_j)`,
+    so :math:`\\Lambda_{jj} = \\sum_i w_i P_{ij}\\alpha_{ij}/(1 - \\rho_j)` and :math:`\\Gamma = \\Lambda - D` with
+    :math:`D` the share Jacobian in prices; :math:`\\zeta = \\Lambda^{-1}[(O\\odot\\Gamma)'(p - c) - s]` in both
+    cases. Iterating :math:`p \\leftarrow c + \\eta(p)` instead need not converge (it does not in several Nevo
+    markets after a merger).
+    """
+    P = torch.exp(probabilities.log_probabilities) * mask.unsqueeze(-1)
+    wP = P * weights.unsqueeze(1)
+    lam = (wP * derivatives).sum(-1)
+    if nesting is None:
+        return zeta_markups(P, weights, derivatives, ownership, margins, mask), lam
+    lam = lam / (1 - probabilities.rho)
+    gamma = torch.diag_embed(lam) - share_jacobian(probabilities, weights, mask, nesting, derivatives)
+    transfer = torch.einsum("tkj,tk->tj", ownership * gamma, margins)  # ((O * Gamma)' (p - c))_j
+    safe = torch.where(mask & (lam != 0), lam, torch.full_like(lam, 1e-300))
+    return torch.where(mask, (transfer - wP.sum(-1)) / safe, 0.0), lam
 
 
 @dataclass(frozen=True)
