@@ -258,7 +258,7 @@ def build_linear_design(
     if "prices" in used.columns:
         derivative = formulation.derivative_matrix(used, "prices")
         endogenous = [k for k in range(X1.shape[1]) if np.any(np.abs(derivative[:, k]) > 0)]
-    excluded = numbered_columns(used, "demand_instruments")
+    excluded = numbered_columns(used, "demand_instruments", "product_data")
     if endogenous and not excluded:
         raise SpecificationError(
             f"X1 has endogenous columns {[labels[k] for k in endogenous]} but product_data has no "
@@ -288,7 +288,7 @@ def build_population(
     if agent_data is not None:
         agent_data = as_frame(agent_data, "agent_data")
         require_columns(agent_data, ["market_ids"] + demographics, "agent_data")
-    node_columns = numbered_columns(agent_data, "nodes") if agent_data is not None else []
+    node_columns = numbered_columns(agent_data, "nodes", "agent_data") if agent_data is not None else []
     if integration is not None:
         _, nodes, weights = integration.build_many(dimensions, aggregate.market_ids)
         I = weights.size // M

@@ -174,22 +174,30 @@ class Engine:
         return torch.stack(out, 1)
 
     # ------------------------------------------------------------------ micro
-    def household_loglikelihood(self, c: Coefficients, delta: Tensor, chunk: tuple[int, int, int, int]) -> Tensor:
-        """Log-likelihood of each household of ``chunk`` (``[H_chunk]``)."""
+    def household_loglikelihood(
+        self, c: Coefficients, delta: Tensor, chunk: tuple[int, int, int, int], fused: bool = True
+    ) -> Tensor:
+        """Log-likelihood of each household of ``chunk`` (``[H_chunk]``).
+
+        ``fused`` uses :class:`kernels.HouseholdLikelihood` (closed-form backward, reverse mode only); otherwise the
+        plain tensor expression, which forward mode (the scores) differentiates.
+        """
         h0, h1, s0, s1 = chunk
         household = self.household[s0:s1] - h0
         market, period = self.market[s0:s1], self.period[s0:s1]
         nodes = self.household_nodes[h0:h1]
-        gamma = c.state_dependence(nodes)[household]  # [n, R]
-        situation_delta = delta[market, period]
-        if self.X2.shape[-1]:
-            tastes = c.tastes(nodes, self.household_demographics[h0:h1].unsqueeze(1))[household]  # [n, R, K2]
-            mu = torch.einsum("njk,nrk->nrj", self.X2[market, period], tastes)
-        else:
-            mu = situation_delta.new_zeros(situation_delta.shape[0], nodes.shape[1], situation_delta.shape[1])
-        log_p = kernels.choice_log_probabilities(
-            situation_delta, mu, gamma, self.lag[s0:s1], self.choice[s0:s1], self.available[market, period]
-        )
+        gamma = c.state_dependence(nodes)  # [H_chunk, R]
+        tastes = c.tastes(nodes, self.household_demographics[h0:h1].unsqueeze(1))  # [H_chunk, R, K2]
+        available = self.available[market, period]
+        situation_delta, X2 = delta[market, period], self.X2[market, period]
+        lag, choice = self.lag[s0:s1], self.choice[s0:s1]
+        if fused:
+            masked = torch.where(available, situation_delta, -torch.inf)
+            return kernels.HouseholdLikelihood.apply(
+                masked, X2, tastes, gamma, household, lag, choice, self.household_log_weights
+            )
+        mu = torch.einsum("njk,nrk->nrj", X2, tastes[household])
+        log_p = kernels.choice_log_probabilities(situation_delta, mu, gamma[household], lag, choice, available)
         per_draw = log_p.new_zeros(h1 - h0, log_p.shape[1]).index_add(0, household, log_p)
         return torch.logsumexp(per_draw + self.household_log_weights, dim=1)
 

@@ -103,7 +103,7 @@ class Likelihood:
         for chunk in engine.chunks:
 
             def likelihood(point: torch.Tensor, delta: torch.Tensor, chunk: tuple = chunk) -> torch.Tensor:
-                return engine.household_loglikelihood(space.coefficients(point), delta, chunk)
+                return engine.household_loglikelihood(space.coefficients(point), delta, chunk, fused=False)
 
             for p in range(space.size):
                 tangent = jvp(likelihood, (theta, solution.delta), (basis[p], delta_jacobian[p]))[1]

@@ -144,3 +144,58 @@ def choice_log_probabilities(
     full = torch.cat([outside, u], dim=-1)  # [n, R, J + 1]
     chosen = torch.gather(full, -1, choice.view(-1, 1, 1).expand(-1, full.shape[1], 1)).squeeze(-1)
     return chosen - torch.logsumexp(full, dim=-1)
+
+
+class HouseholdLikelihood(torch.autograd.Function):
+    """Household log-likelihoods with a closed-form backward pass,
+    :math:`\\ell_h = \\log \\sum_r w_r \\prod_{t} P(y_{ht} \\mid y_{h,t-1}, \\nu_{hr})`.
+
+    Utilities are one batched product, :math:`u = \\delta + \\tau X_2'` per situation; the state dependence is added
+    at the lagged product only. With posterior draw weights
+    :math:`\\omega_{hr} = w_r \\prod_t P_{htr} / \\sum_s w_s \\prod_t P_{hts}`, the derivative of :math:`\\ell_h` in
+    :math:`u_{ntrj}` is :math:`\\omega_{h(n)r}(1\\{j = y_n\\} - P_{nrj})`, which the backward pass contracts with
+    :math:`X_2` for the tastes and picks at the lag for :math:`\\gamma`. Reverse mode only: forward mode (the scores)
+    uses :func:`choice_log_probabilities`, and the tests check that both agree.
+
+    Inputs: ``delta`` ``[n, J]`` (minus infinity on unavailable products), ``X2`` ``[n, J, K2]``, ``tastes``
+    ``[H, R, K2]``, ``gamma`` ``[H, R]``, ``household`` ``[n]`` (0..H-1), ``lag`` and ``choice`` ``[n]`` (0 outside,
+    ``j + 1`` slot ``j``), ``log_weights`` ``[R]``. Output ``[H]``.
+    """
+
+    @staticmethod
+    def forward(ctx, delta, X2, tastes, gamma, household, lag, choice, log_weights):  # noqa: ANN001, ANN205
+        n, J = delta.shape
+        H, R = gamma.shape
+        tastes_n, gamma_n = tastes[household], gamma[household]  # [n, R, K2], [n, R]
+        u = torch.baddbmm(delta.unsqueeze(1), tastes_n, X2.transpose(1, 2)) if X2.shape[-1] else delta.unsqueeze(1)
+        u = u.expand(n, R, J).contiguous()
+        lagged = (lag - 1).clamp(min=0).view(n, 1, 1).expand(n, R, 1)
+        u.scatter_add_(-1, lagged, (gamma_n * (lag > 0).unsqueeze(-1)).unsqueeze(-1))
+        inside = (choice > 0).unsqueeze(-1)
+        chosen_slot = (choice - 1).clamp(min=0).view(n, 1, 1).expand(n, R, 1)
+        chosen = torch.where(inside, torch.gather(u, -1, chosen_slot).squeeze(-1), 0.0)
+        shift = u.amax(-1).clamp(min=0.0)  # [n, R]
+        e = u.sub_(shift.unsqueeze(-1)).exp_()  # u is consumed: e = exp(u - shift)
+        denominator = e.sum(-1) + torch.exp(-shift)
+        log_p = chosen - shift - torch.log(denominator)
+        per_draw = log_p.new_zeros(H, R).index_add_(0, household, log_p) + log_weights
+        out = torch.logsumexp(per_draw, dim=1)
+        ctx.save_for_backward(X2, e, denominator, per_draw, out, household, lagged, chosen_slot, inside, lag)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        X2, e, denominator, per_draw, out, household, lagged, chosen_slot, inside, lag = ctx.saved_tensors
+        posterior = torch.exp(per_draw - out.unsqueeze(-1)) * grad.unsqueeze(-1)  # [H, R]
+        weight = posterior[household]  # [n, R]
+        G = e.mul_(-(weight / denominator).unsqueeze(-1))  # -omega P, in place of e
+        G.scatter_add_(-1, chosen_slot, (weight * inside).unsqueeze(-1))
+        grad_delta = G.sum(1)
+        H, R = per_draw.shape
+        grad_tastes = None
+        if X2.shape[-1] and ctx.needs_input_grad[2]:
+            per_situation = torch.bmm(G, X2)  # [n, R, K2]
+            grad_tastes = per_situation.new_zeros(H, R, X2.shape[-1]).index_add_(0, household, per_situation)
+        at_lag = torch.gather(G, -1, lagged).squeeze(-1) * (lag > 0).unsqueeze(-1)
+        grad_gamma = at_lag.new_zeros(H, R).index_add_(0, household, at_lag)
+        return grad_delta, None, grad_tastes, grad_gamma, None, None, None, None
