@@ -290,3 +290,39 @@ def test_counterfactual_path(solved):
     assert np.all(totals["counterfactual_shares"] < totals["shares"])
     with pytest.raises(InvalidDataError, match="same order"):
         results.simulate(sim.product_data.iloc[::-1])
+
+
+def test_elasticities_equal_autograd_of_the_shares(solved):
+    """The closed-form price Jacobian along the fitted path equals autograd of the period's shares in prices."""
+    sim, results = solved
+    elasticities = results.compute_elasticities()
+    problem, engine = results.problem, results.engine
+    a = problem.aggregate
+    assert elasticities.shape == (len(sim.product_data), a.shape[2])
+    own = elasticities[np.arange(len(elasticities)), a.row_slot]
+    assert np.all(own < 0) and np.all(
+        np.delete(elasticities.reshape(-1), a.row_slot + a.shape[2] * np.arange(len(own))) > 0
+    )
+    c = results.space.coefficients(torch.as_tensor(results.theta))
+    delta = torch.as_tensor(a.pad(results.delta[:, 0]))
+    beta_price = results.beta[results.beta_labels.index("prices")]
+    state = engine._initial_state()
+    t = 5
+    for period in range(t):  # the fitted state before week t
+        mu, gamma = engine._period_inputs(c, period)
+        state = kernels.next_state(kernels.period(delta[:, period], mu, gamma, state, engine.available[:, period]))
+    prices = torch.as_tensor(a.pad(sim.product_data["prices"].to_numpy()))[:, t]
+    tastes = c.tastes(engine.nodes, engine.demographics)
+
+    def shares(p):
+        mu = torch.einsum("mj,mik->mij", p, tastes)
+        d = delta[:, t] + beta_price * (p - prices)
+        return kernels.shares(
+            kernels.period(d, mu, c.state_dependence(engine.nodes).unsqueeze(-1), state, engine.available[:, t]),
+            engine.weights,
+        )
+
+    full = torch.autograd.functional.jacobian(shares, prices)
+    expected = torch.einsum("mjml->mjl", full).numpy() * prices.numpy()[:, None, :] / shares(prices).numpy()[..., None]
+    rows = a.row_period == t
+    np.testing.assert_allclose(elasticities[rows], expected[a.row_market[rows], a.row_slot[rows]], rtol=1e-8)

@@ -281,19 +281,15 @@ def build_population(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nodes ``[M, I, dimensions]``, weights ``[M, I]`` and demographics ``[M, I, D]`` of each market's population.
 
-    Nodes come from ``agent_data``'s ``nodes0..`` columns or from ``integration``; demographics from
-    ``agent_data`` (each market needs as many rows as it has agents).
+    Nodes come from ``agent_data``'s ``nodes0..`` columns (with ``weights``) when it has them, otherwise from
+    ``integration``; demographics from ``agent_data`` (each market needs as many rows as it has agents).
     """
     M = aggregate.market_ids.size
     if agent_data is not None:
         agent_data = as_frame(agent_data, "agent_data")
         require_columns(agent_data, ["market_ids"] + demographics, "agent_data")
     node_columns = numbered_columns(agent_data, "nodes", "agent_data") if agent_data is not None else []
-    if integration is not None:
-        _, nodes, weights = integration.build_many(dimensions, aggregate.market_ids)
-        I = weights.size // M
-        nodes, weights = nodes.reshape(M, I, dimensions), weights.reshape(M, I)
-    elif node_columns:
+    if node_columns and dimensions:
         if len(node_columns) < dimensions:
             raise InvalidDataError(
                 f"agent_data has {len(node_columns)} nodes columns; the model integrates over {dimensions} dimensions."
@@ -302,6 +298,10 @@ def build_population(
         values = _agent_arrays(agent_data, aggregate, node_columns[:dimensions] + ["weights"])
         nodes, weights = values[..., :-1], values[..., -1]
         I = weights.shape[1]
+    elif integration is not None and dimensions:
+        _, nodes, weights = integration.build_many(dimensions, aggregate.market_ids)
+        I = weights.size // M
+        nodes, weights = nodes.reshape(M, I, dimensions), weights.reshape(M, I)
     elif dimensions:
         raise SpecificationError("Pass an integration or agent_data with nodes0.. columns for the random coefficients.")
     else:

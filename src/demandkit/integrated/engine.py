@@ -173,6 +173,27 @@ class Engine:
             self.X2 = saved
         return torch.stack(out, 1)
 
+    def price_jacobians(self, c: Coefficients, delta: Tensor, dX1_beta: Tensor, dX2: Tensor | None) -> Tensor:
+        """``[M, T, J, J]``: :math:`\\partial s_{jt} / \\partial p_{kt}` along the fitted path, the population's
+        distribution over last week's choices held as it is (short run). ``dX1_beta`` ``[M, T, J]`` is
+        :math:`\\partial X_1/\\partial p \\cdot \\beta`; ``dX2`` ``[M, T, J, K2]`` the price derivatives of X2."""
+        with torch.no_grad():
+            state, out = self._initial_state(), []
+            tastes = c.tastes(self.nodes, self.demographics) if self.X2.shape[-1] else None
+            for t in range(self.shape[1]):
+                mu, gamma = self._period_inputs(c, t)
+                available = self.available[:, t]
+                p = kernels.period(delta[:, t], mu, gamma, state, available)
+                alpha = dX1_beta[:, t].unsqueeze(1)  # [M, 1, J]
+                if tastes is not None and dX2 is not None:
+                    alpha = alpha + torch.einsum("mjk,mik->mij", dX2[:, t], tastes)
+                alpha = alpha.expand_as(p.e)
+                jacobian = kernels.share_jacobian(p, state, self.weights, alpha)
+                both = available.unsqueeze(-1) & available.unsqueeze(-2)
+                out.append(torch.where(both, jacobian, torch.nan))
+                state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
+        return torch.stack(out, 1)
+
     # ------------------------------------------------------------------ micro
     def household_loglikelihood(
         self, c: Coefficients, delta: Tensor, chunk: tuple[int, int, int, int], fused: bool = True

@@ -94,19 +94,35 @@ def shares(p: Period, weights: Tensor) -> Tensor:
     return torch.einsum("mi,mij->mj", weights, p.q)
 
 
-def log_share_jacobian(p: Period, state: Tensor, weights: Tensor, available: Tensor) -> Tensor:
-    """``[M, J, J]``: :math:`\\partial \\log s_j / \\partial \\delta_l`, identity on unavailable slots."""
+def share_jacobian(p: Period, state: Tensor, weights: Tensor, alpha: Tensor | None = None) -> Tensor:
+    """``[M, J, J]``: :math:`\\partial s_j / \\partial x_l` where :math:`x_l` moves agent :math:`i`'s utility of
+    product :math:`l` by :math:`\\alpha_{il}` (``[M, I, J]``; ones for :math:`x = \\delta`, the price derivatives of
+    utility for prices):
+
+    .. math::
+
+        \\frac{\\partial s_j}{\\partial x_l} = \\sum_i w_i \\alpha_{il} \\big[1\\{j = l\\}(q_{ij} - d_{ij})
+        - a_i e_{ij} e_{il} - e_{ij} b_{il} - b_{ij} e_{il}\\big].
+    """
     lagged = state[..., 1:]
     a = state[..., :1] / p.D**2 + (lagged / p.Dk**2).sum(-1, keepdim=True)  # [M, I, 1]
     b = lagged * p.e * p.g / p.Dk**2  # [M, I, J]
     d = b * p.e * p.g  # pi(j) e_j^2 g^2 / D_j^2
     w = weights.unsqueeze(-1)
-    E = p.e * w  # weighted
-    jacobian = -(torch.einsum("mij,mil->mjl", E * a, p.e) + torch.einsum("mij,mil->mjl", E, b))
-    jacobian = jacobian - torch.einsum("mij,mil->mjl", b * w, p.e)
-    s = (p.q * w).sum(1)
-    jacobian = jacobian + torch.diag_embed(s - (d * w).sum(1))
-    safe = torch.where(available, s, 1.0)
+    scaled = p.e if alpha is None else p.e * alpha
+    E = p.e * w
+    jacobian = -(
+        torch.einsum("mij,mil->mjl", E * a, scaled) + torch.einsum("mij,mil->mjl", E, b if alpha is None else b * alpha)
+    )
+    jacobian = jacobian - torch.einsum("mij,mil->mjl", b * w, scaled)
+    diagonal = (p.q - d) * w if alpha is None else (p.q - d) * w * alpha
+    return jacobian + torch.diag_embed(diagonal.sum(1))
+
+
+def log_share_jacobian(p: Period, state: Tensor, weights: Tensor, available: Tensor) -> Tensor:
+    """``[M, J, J]``: :math:`\\partial \\log s_j / \\partial \\delta_l`, identity on unavailable slots."""
+    jacobian = share_jacobian(p, state, weights)
+    safe = torch.where(available, (p.q * weights.unsqueeze(-1)).sum(1), 1.0)
     jacobian = jacobian / safe.unsqueeze(-1)
     both = available.unsqueeze(-1) & available.unsqueeze(-2)
     return torch.where(both, jacobian, torch.diag_embed(torch.where(available, 0.0, 1.0).to(jacobian.dtype)))

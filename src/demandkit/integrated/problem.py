@@ -55,10 +55,11 @@ class IntegratedProblem:
     agent_formulation : Formulation, optional
         Demographics :math:`d_i` for :math:`\\Pi`; the population's draws of them are in ``agent_data``.
     agent_data : DataFrame or mapping, optional
-        The population of each market: ``market_ids``, demographics, and ``nodes0..`` with ``weights`` when no
-        ``integration`` is given.
+        The population of each market: ``market_ids``, demographics, and optionally ``nodes0..`` with ``weights``
+        (then the macro step integrates over these agents).
     integration : Integration
-        Nodes and weights for the population of each market and, with the same rule, the draws of each household.
+        Draws of each household and, when ``agent_data`` has no nodes, nodes and weights of each market's
+        population.
     state_dependence : bool or dict
         ``True`` for a common :math:`\\gamma`, ``{'random': True}`` for
         :math:`\\gamma_i = \\gamma + \\sigma_\\gamma\\nu_{i0}`, ``False`` for none.
@@ -113,8 +114,8 @@ class IntegratedProblem:
         self.demographics_labels = [] if agent_formulation is None else sorted(agent_formulation.variables)
         self.situations = build_situations(self.micro, self.aggregate, self.burn_in, self.demographics_labels)
         self.dimensions = self.K2 + int(self.random_gamma)
-        if self.dimensions and integration is None and agent_data is None:
-            raise SpecificationError("Random coefficients need an integration (or agent_data with nodes).")
+        if self.dimensions and integration is None:
+            raise SpecificationError("Random coefficients need an integration for the households' draws.")
         agents = None if agent_data is None else as_frame(agent_data, "agent_data")
         self.population = build_population(
             self.aggregate, integration, agents, self.demographics_labels, self.dimensions

@@ -86,6 +86,35 @@ class IntegratedResults(Persistent):
         out["counterfactual_shares"] = a.unpad(counterfactual.cpu().numpy())
         return out
 
+    def compute_elasticities(self, name: str = "prices") -> np.ndarray:
+        """Short-run elasticities :math:`\\varepsilon_{jk} = \\partial s_j/\\partial x_k \\cdot x_k / s_j` of every
+        market and week, ``N x J`` stacked as PyBLP stacks them: row ``n`` is product ``j`` of ``product_data`` and
+        column ``k`` the ``k``-th product (by sorted ``product_ids``) of its market; NaN where ``k`` is not on sale that
+        week.
+
+        The population's distribution over last week's choices is held at its fitted path (a price change this
+        week moves this week's choices; later weeks would move through the state, see :meth:`simulate`).
+        """
+        problem = self.problem
+        frame = problem.products
+        if name not in frame.columns:
+            raise InvalidDataError(f"compute_elasticities: {name!r} is not a column of product_data.")
+        a, engine = problem.aggregate, self.engine
+
+        def padded(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a.pad(values), dtype=engine.dtype, device=engine.device)
+
+        dX1 = problem.product_formulations[0].derivative_matrix(frame, name) @ self.beta
+        dX2 = None
+        if problem.K2:
+            dX2 = padded(problem.product_formulations[1].derivative_matrix(frame, name))
+        c = self.space.coefficients(torch.as_tensor(self.theta, dtype=engine.dtype, device=engine.device))
+        jacobians = engine.price_jacobians(c, padded(self.delta[:, 0]), padded(dX1), dX2).cpu().numpy()
+        x = a.pad(frame[name].to_numpy(dtype=np.float64), np.nan)  # [M, T, J]
+        shares = np.exp(a.log_shares)
+        elasticities = jacobians * x[:, :, None, :] / shares[..., None]
+        return elasticities[a.row_market, a.row_period, a.row_slot]
+
     # ---------------------------------------------------------------- tables
     def to_frame(self) -> pd.DataFrame:
         """One row per estimated parameter: name, estimate, standard error."""

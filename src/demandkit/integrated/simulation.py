@@ -30,8 +30,9 @@ class IntegratedSimulation:
     Attributes
     ----------
     product_data, micro_data, agent_data : DataFrame
-        Inputs for :class:`~demandkit.integrated.IntegratedProblem` (``agent_data`` holds each market's population
-        demographics ``income`` when ``pi`` is given).
+        Inputs for :class:`~demandkit.integrated.IntegratedProblem`. ``agent_data`` is each market's population that
+        made the aggregate shares: ``weights``, ``nodes0..`` (the random coefficients', then the state dependence's)
+        and ``income``; passed to the problem, the macro step integrates over it exactly.
     beta, sigma, pi, gamma, sigma_gamma : the true parameters.
     """
 
@@ -123,7 +124,14 @@ class IntegratedSimulation:
                 "income": income_h[hm, hh],
             }
         )
-        agent_data = pd.DataFrame({"market_ids": np.repeat(np.arange(M), population), "income": income.reshape(-1)})
+        agent_data = pd.DataFrame(
+            {
+                "market_ids": np.repeat(np.arange(M), population),
+                "weights": weights.reshape(-1),
+                **{f"nodes{k}": nu[..., k].reshape(-1) for k in range(K2 + 1)},
+                "income": income.reshape(-1),
+            }
+        )
         return cls(product_data, micro_data, agent_data, beta, sigma, pi, float(gamma), float(sigma_gamma))
 
 
