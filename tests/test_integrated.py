@@ -34,7 +34,9 @@ def problem_for(
     return dk.IntegratedProblem((dk.Formulation("1 + prices + ads"), X2), sim.product_data, sim.micro_data, **arguments)
 
 
-def likelihood_for(problem: dk.IntegratedProblem, sigma, pi=None, gamma=0.5, sigma_gamma=None) -> Likelihood:
+def likelihood_for(
+    problem: dk.IntegratedProblem, sigma, pi=None, gamma=0.5, sigma_gamma=None, initial_state="outside"
+) -> Likelihood:
     space = ParameterSpace.build(
         problem.K2, len(problem.demographics_labels), problem.X2_labels, problem.demographics_labels, sigma, pi, gamma,
         sigma_gamma, problem.has_gamma, problem.random_gamma,
@@ -42,7 +44,7 @@ def likelihood_for(problem: dk.IntegratedProblem, sigma, pi=None, gamma=0.5, sig
     options = dk.Iteration("squarem", {"atol": 1e-14}).options
     engine = Engine(
         problem.aggregate, problem.situations, problem.population, problem.household_draws, problem.device,
-        problem.dtype, options, chunk_size=7,
+        problem.dtype, options, chunk_size=7, initial_state=initial_state,
     )  # fmt: skip
     return Likelihood(engine, space)
 
@@ -76,6 +78,18 @@ def test_period_probabilities_equal_the_explicit_mixture():
     transition = torch.softmax(full, -1)  # [M, I, k, j]
     expected = torch.einsum("mik,mikj->mij", state, transition)
     torch.testing.assert_close(kernels.next_state(p), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_stationary_state_is_the_chains_fixed_point():
+    """The closed form equals the limit of the explicit (J + 1) x (J + 1) transition matrix's powers."""
+    delta, mu, gamma, _, available, _ = _period_inputs(2)
+    closed = kernels.stationary_state(delta, mu, gamma, available)
+    state = torch.zeros_like(closed)
+    state[..., 0] = 1
+    for _ in range(2000):
+        state = kernels.next_state(kernels.period(delta, mu, gamma, state, available))
+    torch.testing.assert_close(closed, state, rtol=1e-10, atol=1e-12)
+    assert torch.all(closed[1, :, 3] == 0)  # slot 2 of market 1 is not on sale
 
 
 def test_log_share_jacobian_equals_autograd():
@@ -122,8 +136,9 @@ def test_inversion_reproduces_the_aggregate_shares():
         {"K2": 1, "sigma": [[0.7]], "gamma": 0.8},
         {"K2": 2, "sigma": [[0.5, 0.0], [0.2, 0.6]], "pi": [[0.3], [-0.2]], "demographics": True, "gamma": 0.6},
         {"K2": 1, "sigma": [[0.7]], "gamma": 0.8, "sigma_gamma": 0.4, "state_dependence": {"random": True}},
+        {"K2": 2, "sigma": [[0.5, 0.0], [0.0, 0.6]], "gamma": 0.8, "initial_state": "stationary"},
     ],
-    ids=["sigma-gamma", "correlated-sigma-pi", "random-gamma"],
+    ids=["sigma-gamma", "correlated-sigma-pi", "random-gamma", "stationary-start"],
 )
 def test_gradient_equals_finite_differences(case):
     """The implicit derivative through the whole recursion: reverse mode, forward mode (summed scores) and central
@@ -263,6 +278,22 @@ def test_bad_starting_values_are_named():
         problem.solve(sigma=np.eye(2))
     with pytest.raises(SpecificationError, match="se_type"):
         problem.solve(sigma=[[0.5]], se_type="hac")
+
+
+def test_stationary_start_recovers_the_truth():
+    sim = simulation(initial_state="stationary", seed=3)
+    problem = problem_for(sim, initial_state="stationary")
+    likelihood = likelihood_for(problem, [[0.8]], gamma=1.0, initial_state="stationary")
+    assert bool(
+        likelihood.engine.solve_macro(
+            likelihood.space.coefficients(torch.tensor([0.8, 1.0], dtype=torch.float64))
+        ).converged.all()
+    )
+    results = problem.solve(sigma=[[0.5]], gamma=0.5)
+    truth = np.array([sim.sigma[0, 0], sim.gamma, *sim.beta])
+    estimates = np.array([results.sigma[0, 0], results.gamma, *results.beta])
+    errors = np.array([results.sigma_se[0, 0], results.gamma_se, *results.beta_se])
+    assert np.all(np.abs(estimates - truth) < 4 * errors), (estimates, truth, errors)
 
 
 def test_products_may_enter_and_exit_and_households_skip_weeks():

@@ -63,11 +63,13 @@ class Engine:
         dtype: torch.dtype,
         iteration_options: dict[str, Any],
         chunk_size: int | None = None,
+        initial_state: str = "outside",
     ) -> None:
         def tensor(values: np.ndarray, kind: torch.dtype | None = None) -> Tensor:
             return torch.as_tensor(np.ascontiguousarray(values), dtype=kind or dtype, device=device)
 
         self.device, self.dtype, self.options = device, dtype, iteration_options
+        self.stationary = initial_state == "stationary"
         self.available = tensor(aggregate.available, torch.bool)
         self.log_shares = tensor(aggregate.log_shares)
         self.X2 = tensor(aggregate.X2)
@@ -97,6 +99,15 @@ class Engine:
         state[..., 0] = 1.0
         return state
 
+    def _entering(
+        self, state: Tensor, t: int, delta: Tensor, mu: Tensor | None, gamma: Tensor, available: Tensor
+    ) -> Tensor:
+        """The state entering period ``t``: the carried state, or at ``t = 0`` with ``initial_state='stationary'``
+        each agent's stationary distribution at period 0's utilities (which then depends on ``delta``)."""
+        if t == 0 and self.stationary:
+            return kernels.stationary_state(delta, mu, gamma, available)
+        return state
+
     def _period_inputs(self, c: Coefficients, t: int) -> tuple[Tensor | None, Tensor]:
         mu = None
         if self.X2.shape[-1]:
@@ -117,15 +128,27 @@ class Engine:
                 if t:
                     start = torch.where(self.available[:, t - 1] & available, previous, start)
 
-                def contraction(delta: Tensor, mu: Tensor | None = mu, gamma: Tensor = gamma) -> Tensor:
-                    p = kernels.period(delta, mu, gamma, state, available)  # noqa: B023 - state is this period's
-                    log_s = torch.log(kernels.shares(p, self.weights).clamp_min(torch.finfo(delta.dtype).tiny))
-                    return torch.where(available, delta + target - log_s, 0.0)  # noqa: B023
+                def log_shares(
+                    delta: Tensor, t: int = t, mu: Tensor | None = mu, gamma: Tensor = gamma, entering: Tensor = state,
+                    available: Tensor = available,
+                ) -> Tensor:  # fmt: skip
+                    entering = self._entering(entering, t, delta, mu, gamma, available)
+                    shares = kernels.shares(kernels.period(delta, mu, gamma, entering, available), self.weights)
+                    return torch.log(shares.clamp_min(torch.finfo(delta.dtype).tiny))
+
+                def contraction(
+                    delta: Tensor, target: Tensor = target, available: Tensor = available, log_shares: Any = log_shares
+                ) -> Tensor:
+                    return torch.where(available, delta + target - log_shares(delta), 0.0)
 
                 result = iterate_squarem(contraction, start, available, self.options)
                 delta = result.values
+                state = self._entering(state, t, delta, mu, gamma, available)
                 p = kernels.period(delta, mu, gamma, state, available)
-                jacobians.append(kernels.log_share_jacobian(p, state, self.weights, available))
+                if t == 0 and self.stationary:  # the entering state moves with delta: differentiate through it
+                    jacobians.append(_jacobian(log_shares, delta, available))
+                else:
+                    jacobians.append(kernels.log_share_jacobian(p, state, self.weights, available))
                 state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
                 deltas.append(delta)
                 converged.append(result.converged | ~self.active[:, t])
@@ -145,11 +168,13 @@ class Engine:
             mu, gamma = self._period_inputs(c, t)
             available = self.available[:, t]
             fixed = solution.delta[:, t]
-            p = kernels.period(fixed, mu, gamma, state, available)
+            entering = self._entering(state, t, fixed, mu, gamma, available)
+            p = kernels.period(fixed, mu, gamma, entering, available)
             log_s = torch.log(kernels.shares(p, self.weights).clamp_min(torch.finfo(fixed.dtype).tiny))
             residual = torch.where(available, log_s - self.log_shares[:, t], 0.0)
             step = torch.linalg.solve(solution.jacobians[t], residual.unsqueeze(-1)).squeeze(-1)
             delta = fixed - (step - step.detach())
+            state = self._entering(state, t, delta, mu, gamma, available)
             p = kernels.period(delta, mu, gamma, state, available)
             state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
             out.append(delta)
@@ -166,6 +191,7 @@ class Engine:
                 state, out = self._initial_state(), []
                 for t in range(self.shape[1]):
                     mu, gamma = self._period_inputs(c, t)
+                    state = self._entering(state, t, delta[:, t], mu, gamma, self.available[:, t])
                     p = kernels.period(delta[:, t], mu, gamma, state, self.available[:, t])
                     out.append(torch.where(self.available[:, t], kernels.shares(p, self.weights), 0.0))
                     state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
@@ -183,6 +209,7 @@ class Engine:
             for t in range(self.shape[1]):
                 mu, gamma = self._period_inputs(c, t)
                 available = self.available[:, t]
+                state = self._entering(state, t, delta[:, t], mu, gamma, available)
                 p = kernels.period(delta[:, t], mu, gamma, state, available)
                 alpha = dX1_beta[:, t].unsqueeze(1)  # [M, 1, J]
                 if tastes is not None and dX2 is not None:
@@ -221,6 +248,17 @@ class Engine:
         log_p = kernels.choice_log_probabilities(situation_delta, mu, gamma[household], lag, choice, available)
         per_draw = log_p.new_zeros(h1 - h0, log_p.shape[1]).index_add(0, household, log_p)
         return torch.logsumexp(per_draw + self.household_log_weights, dim=1)
+
+
+def _jacobian(function: Any, delta: Tensor, available: Tensor) -> Tensor:
+    """``[M, J, J]`` Jacobian of a market-by-market map ``[M, J] -> [M, J]``: one forward-mode pass per product slot,
+    all markets at once (markets are independent), identity on unavailable slots."""
+    J = delta.shape[1]
+    basis = torch.eye(J, dtype=delta.dtype, device=delta.device).unsqueeze(1).expand(J, *delta.shape)
+    columns = torch.func.vmap(lambda v: torch.func.jvp(function, (delta,), (v,))[1])(basis)  # [J(col), M, J(row)]
+    jacobian = columns.permute(1, 2, 0)
+    both = available.unsqueeze(-1) & available.unsqueeze(-2)
+    return torch.where(both, jacobian, torch.diag_embed(torch.where(available, 0.0, 1.0).to(delta.dtype)))
 
 
 def _chunks(

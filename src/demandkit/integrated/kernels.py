@@ -84,6 +84,24 @@ def period(delta: Tensor, mu: Tensor | None, gamma: Tensor, state: Tensor, avail
     return Period(e, one, g, D, Dk, one * A, q)
 
 
+def stationary_state(delta: Tensor, mu: Tensor | None, gamma: Tensor, available: Tensor) -> Tensor:
+    """``[M, I, J + 1]``: each agent's stationary distribution over last choices at utilities ``delta + mu``.
+
+    From :math:`\\pi(j) = \\sum_k \\pi(k) P(j \\mid k) = e_j A + \\pi(j) e_j g / D_j` and :math:`D_j - e_j g = D`,
+    :math:`\\pi(j) = A e_j D_j / D` and :math:`\\pi(0) = A`: the chain's stationary distribution is
+    :math:`\\pi(j) \\propto e_j (1 + e_j g / D)`, :math:`\\pi(0) \\propto 1`, with no iteration.
+    """
+    u = delta.unsqueeze(1) if mu is None else delta.unsqueeze(1) + mu
+    mask = available.unsqueeze(1)
+    u = torch.where(mask, u, torch.finfo(u.dtype).min)
+    shift = u.amax(-1, keepdim=True).clamp(min=0.0)
+    e = torch.where(mask, torch.exp(u - shift), 0.0)
+    one = torch.exp(-shift)
+    D = one + e.sum(-1, keepdim=True)
+    unnormalized = torch.cat([one, e * (1 + e * torch.expm1(gamma) / D)], dim=-1)
+    return unnormalized / unnormalized.sum(-1, keepdim=True)
+
+
 def next_state(p: Period) -> Tensor:
     """``[M, I, J + 1]``: the distribution of this period's choice, next period's state."""
     return torch.cat([p.A, p.q], dim=-1)

@@ -34,7 +34,7 @@ from .estimation import Likelihood, linear_step, robust_covariance, timer
 from .parameters import ParameterSpace
 from .results import IntegratedResults
 
-INITIAL_STATES = ("outside",)
+INITIAL_STATES = ("outside", "stationary")
 
 
 class IntegratedProblem:
@@ -66,8 +66,10 @@ class IntegratedProblem:
     burn_in : int
         The first ``burn_in`` periods of every market only form the state: they enter neither the likelihood nor
         the IV step.
-    initial_state : {'outside'}
-        The state before the first period: nobody has a lagged product.
+    initial_state : {'outside', 'stationary'}
+        The state before the first period: nobody has a lagged product (``'outside'``), or each agent's stationary
+        distribution over last choices at the first period's utilities (``'stationary'``, in closed form; the
+        first period's mean utilities then solve the shares of that stationary population).
     device, dtype
         Where and in what precision to compute (the same code on CPU and GPU).
     """
@@ -200,7 +202,7 @@ class IntegratedProblem:
         )  # fmt: skip
         engine = Engine(
             self.aggregate, self.situations, self.population, self.household_draws, self.device, self.dtype,
-            iteration.options, chunk_size,
+            iteration.options, chunk_size, self.initial_state,
         )  # fmt: skip
         likelihood = Likelihood(engine, space)
         start = timer()

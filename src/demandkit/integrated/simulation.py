@@ -61,8 +61,13 @@ class IntegratedSimulation:
         xi_scale: float = 0.3,
         price_xi: float = 0.5,
         seed: int = 0,
+        initial_state: str = "outside",
     ) -> IntegratedSimulation:
-        """Draw the data (see the module docstring). ``pi`` is ``K2 x 1`` on a standard normal ``income``."""
+        """Draw the data (see the module docstring). ``pi`` is ``K2 x 1`` on a standard normal ``income``;
+        ``initial_state`` is ``'outside'`` (nobody holds a product before the first week) or ``'stationary'`` (every
+        agent's and household's last choice before the first week is drawn from its stationary distribution)."""
+        if initial_state not in ("outside", "stationary"):
+            raise SpecificationError(f"initial_state must be 'outside' or 'stationary'; received {initial_state!r}.")
         state = np.random.default_rng(seed)
         beta = np.asarray(beta, dtype=np.float64).reshape(-1)
         sigma = np.atleast_2d(np.asarray(sigma, dtype=np.float64))
@@ -89,12 +94,13 @@ class IntegratedSimulation:
         nu = state.normal(size=(M, population, K2 + 1))
         income = state.normal(size=(M, population))
         weights = np.full((M, population), 1.0 / population)
-        shares = _aggregate_shares(delta, X2, tastes(nu, income), agent_gamma(nu), weights)
+        stationary = initial_state == "stationary"
+        shares = _aggregate_shares(delta, X2, tastes(nu, income), agent_gamma(nu), weights, stationary)
         # the households: their own draws and choices
         nu_h = state.normal(size=(M, households, K2 + 1))
         income_h = state.normal(size=(M, households))
-        uniform = state.uniform(size=(T, M, households))
-        choices = _household_choices(delta, X2, tastes(nu_h, income_h), agent_gamma(nu_h), uniform)
+        uniform = state.uniform(size=(T + 1, M, households))
+        choices = _household_choices(delta, X2, tastes(nu_h, income_h), agent_gamma(nu_h), uniform, stationary)
 
         m, t, j = (a.reshape(-1) for a in np.meshgrid(np.arange(M), np.arange(T), np.arange(J), indexing="ij"))
         product_data = pd.DataFrame(
@@ -136,7 +142,7 @@ class IntegratedSimulation:
 
 
 def _aggregate_shares(
-    delta: np.ndarray, X2: np.ndarray, tastes: np.ndarray, gamma: np.ndarray, weights: np.ndarray
+    delta: np.ndarray, X2: np.ndarray, tastes: np.ndarray, gamma: np.ndarray, weights: np.ndarray, stationary: bool
 ) -> np.ndarray:
     """``[M, T, J]`` model shares by the recursion from the 'outside' state."""
     M, T, J = delta.shape
@@ -148,6 +154,8 @@ def _aggregate_shares(
     out = np.zeros((M, T, J))
     for t in range(T):
         mu = torch.einsum("mjk,mik->mij", t_(X2[:, t]), t_(tastes))
+        if t == 0 and stationary:
+            state = kernels.stationary_state(t_(delta[:, 0]), mu, g, available)
         p = kernels.period(t_(delta[:, t]), mu, g, state, available)
         out[:, t] = kernels.shares(p, w).numpy()
         state = kernels.next_state(p)
@@ -155,12 +163,23 @@ def _aggregate_shares(
 
 
 def _household_choices(
-    delta: np.ndarray, X2: np.ndarray, tastes: np.ndarray, gamma: np.ndarray, uniform: np.ndarray
+    delta: np.ndarray,
+    X2: np.ndarray,
+    tastes: np.ndarray,
+    gamma: np.ndarray,
+    uniform: np.ndarray,
+    stationary: bool,
 ) -> np.ndarray:
-    """``[T, M, H]`` choices (0 outside, ``j + 1`` product ``j``) simulated from each household's last choice."""
+    """``[T, M, H]`` choices (0 outside, ``j + 1`` product ``j``) simulated from each household's last choice; the
+    choice before the first week is the outside good or a draw from the household's stationary distribution."""
     M, T, J = delta.shape
     H = tastes.shape[1]
     lag = np.zeros((M, H), dtype=np.int64)
+    if stationary:
+        mu = torch.einsum("mjk,mhk->mhj", torch.as_tensor(X2[:, 0]), torch.as_tensor(tastes))
+        available = torch.ones(M, J, dtype=torch.bool)
+        pi = kernels.stationary_state(torch.as_tensor(delta[:, 0]), mu, torch.as_tensor(gamma)[..., None], available)
+        lag = (uniform[T][..., None] > np.cumsum(pi.numpy(), axis=-1)).sum(-1).clip(max=J)
     out = np.zeros((T, M, H), dtype=np.int64)
     for t in range(T):
         u = delta[:, t, None, :] + np.einsum("mjk,mhk->mhj", X2[:, t], tastes)
