@@ -21,9 +21,11 @@ PACKAGE = "demandkit"
 # folder without a cycle. Sibling estimators (blp, mixed_logit) do not import each other.
 LAYERS = {
     "exceptions": 0,
-    "device": 0,
-    "memory": 0,
-    "persistence": 0,
+    # runtime helpers that every estimator uses; they may raise demandkit's exceptions
+    "device": 0.5,
+    "memory": 0.5,
+    "persistence": 0.5,
+    "distributed": 0.5,
     "configurations": 1,
     "data": 1,
     "layout": 1,

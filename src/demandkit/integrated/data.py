@@ -332,3 +332,52 @@ def _agent_arrays(
     kept = kept[kept.groupby("_m").cumcount().to_numpy() < I].sort_values("_m", kind="stable")
     values = np.column_stack([_numeric(kept, c, "agent_data") for c in columns])
     return values.reshape(aggregate.market_ids.size, I, len(columns))
+
+
+def shard(
+    aggregate: Aggregate,
+    situations: Situations,
+    population: tuple[np.ndarray, np.ndarray, np.ndarray],
+    household_draws: tuple[np.ndarray, np.ndarray],
+    start: int,
+    stop: int,
+) -> tuple[Aggregate, Situations, tuple, tuple, np.ndarray, np.ndarray]:
+    """Markets ``[start, stop)`` with their households: the pieces one process of a distributed solve holds.
+
+    Also returns the ``product_data`` rows of those markets and the (global) codes of their households.
+    """
+    rows = np.flatnonzero((aggregate.row_market >= start) & (aggregate.row_market < stop))
+    part = Aggregate(
+        aggregate.market_ids[start:stop],
+        aggregate.first_time[start:stop],
+        aggregate.periods[start:stop],
+        aggregate.available[start:stop],
+        aggregate.log_shares[start:stop],
+        aggregate.X2[start:stop],
+        aggregate.row_market[rows] - start,
+        aggregate.row_period[rows],
+        aggregate.row_slot[rows],
+        aggregate.product_ids[start:stop],
+    )
+    keep = (situations.market >= start) & (situations.market < stop)
+    households, codes = np.unique(situations.household[keep], return_inverse=True)
+    local = Situations(
+        codes,
+        situations.market[keep] - start,
+        situations.period[keep],
+        situations.choice[keep],
+        situations.lag[keep],
+        situations.household_ids[households],
+        situations.demographics[households],
+        int(keep.sum()),
+    )
+    nodes, weights, demographics = population
+    draws, draw_weights = household_draws
+    return (
+        part,
+        local,
+        (nodes[start:stop], weights[start:stop], demographics[start:stop]),
+        (draws[households], draw_weights),
+        rows,
+        households,
+    )

@@ -25,6 +25,7 @@ import torch
 from torch.func import jvp
 
 from ..configurations.formulation import absorb
+from ..distributed import Shard
 from .engine import Engine, MacroSolution
 from .parameters import ParameterSpace
 
@@ -42,10 +43,15 @@ class Evaluation:
 class Likelihood:
     """The concentrated log-likelihood :math:`LL(\\theta_2)` of an :class:`Engine` over a :class:`ParameterSpace`."""
 
-    def __init__(self, engine: Engine, space: ParameterSpace) -> None:
-        self.engine, self.space = engine, space
+    def __init__(self, engine: Engine, space: ParameterSpace, shard: Shard | None = None) -> None:
+        self.engine, self.space, self.shard = engine, space, shard
         self.evaluations = 0
         self.last: Evaluation | None = None
+        self.households = engine.H if shard is None else int(shard.sum(np.array([engine.H]))[0])
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """Over the ranks of a distributed solve (identity in one process)."""
+        return values if self.shard is None else self.shard.sum(values)
 
     def _theta(self, values: np.ndarray, grad: bool) -> torch.Tensor:
         theta = torch.as_tensor(
@@ -57,12 +63,15 @@ class Likelihood:
         """:math:`LL` and (by default) its gradient: reverse mode through the micro chunks and the recursion."""
         engine, space = self.engine, self.space
         self.evaluations += 1
+        if self.shard is not None:  # every rank evaluates rank 0's theta, bit for bit
+            values = self.shard.broadcast(values)
         theta = self._theta(values, gradient)
         solution = engine.solve_macro(space.coefficients(theta.detach()))
         if not gradient:
             with torch.no_grad():
                 c = space.coefficients(theta)
                 total = sum(float(engine.household_loglikelihood(c, solution.delta, k).sum()) for k in engine.chunks)
+            total = float(self._sum(np.array([total]))[0])
             self.last = Evaluation(np.array(values, dtype=np.float64), total, None, solution)
             return self.last
         delta = engine.implicit_delta(space.coefficients(theta), solution)
@@ -75,13 +84,14 @@ class Likelihood:
         if leaf.grad is not None:
             delta.backward(leaf.grad)
         grad = theta.grad.detach().cpu().numpy().astype(np.float64) if theta.grad is not None else np.zeros(space.size)
-        self.last = Evaluation(np.array(values, dtype=np.float64), total, grad, solution)
+        summed = self._sum(np.concatenate([[total], grad]))
+        self.last = Evaluation(np.array(values, dtype=np.float64), float(summed[0]), summed[1:], solution)
         return self.last
 
     def __call__(self, values: np.ndarray) -> tuple[float, np.ndarray]:
         """``(-LL/H, -gradient/H)`` for a minimizer."""
         evaluation = self.evaluate(values)
-        H = max(self.engine.H, 1)
+        H = max(self.households, 1)
         return -evaluation.loglikelihood / H, -evaluation.gradient / H
 
     def delta_jacobian(self, values: np.ndarray, solution: MacroSolution) -> torch.Tensor:
@@ -169,10 +179,11 @@ def linear_step(
     return LinearStep(beta, iv + G @ theta_covariance @ G.T, xi, projector)
 
 
-def robust_covariance(hessian: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """:math:`\\mathcal H^{-1} (\\sum_h s_h s_h') \\mathcal H^{-1}` (pseudo-inverse when singular)."""
+def robust_covariance(hessian: np.ndarray, meat: np.ndarray) -> np.ndarray:
+    """:math:`\\mathcal H^{-1} (\\sum_h s_h s_h') \\mathcal H^{-1}` from ``meat`` :math:`= \\sum_h s_h s_h'`
+    (pseudo-inverse when singular)."""
     inverse = np.linalg.pinv(hessian)
-    return inverse @ (scores.T @ scores) @ inverse
+    return inverse @ meat @ inverse
 
 
 def timer() -> float:

@@ -26,9 +26,11 @@ from ..configurations.integration import Integration
 from ..configurations.iteration import Iteration
 from ..configurations.optimization import Optimization
 from ..device import resolve_device
+from ..distributed import current_shard
 from ..exceptions import SpecificationError
 from ..layout.validation import as_frame, label
 from .data import build_aggregate, build_linear_design, build_population, build_situations
+from .data import shard as data_shard
 from .engine import Engine
 from .estimation import Likelihood, linear_step, robust_covariance, timer
 from .parameters import ParameterSpace
@@ -164,6 +166,7 @@ class IntegratedProblem:
         iteration: Iteration | None = None,
         se_type: str = "robust",
         chunk_size: int | None = None,
+        distributed: bool | None = None,
     ) -> IntegratedResults:
         """Estimate :math:`\\theta_2` by the concentrated likelihood, then :math:`\\beta` by 2SLS.
 
@@ -181,6 +184,10 @@ class IntegratedProblem:
             For the IV step: heteroskedasticity-robust, or clustered by ``clustering_ids`` of ``product_data``.
         chunk_size : int, optional
             Households per chunk of the likelihood (default: chosen from the problem's size).
+        distributed : bool, optional
+            Inside a ``torch.distributed`` process group (None, the default) or with ``True``, each process takes a
+            block of markets with their households and one all-reduce per evaluation adds up the log-likelihood and
+            its gradient; every process returns the same results (:mod:`demandkit.distributed`).
         """
         if se_type not in ("robust", "clustered"):
             raise SpecificationError(f"se_type must be 'robust' or 'clustered'; received {se_type!r}.")
@@ -200,23 +207,39 @@ class IntegratedProblem:
             self.K2, D, self.X2_labels, self.demographics_labels, sigma, pi, gamma, sigma_gamma, self.has_gamma,
             self.random_gamma,
         )  # fmt: skip
+        shard = current_shard(distributed, self.device)
+        pieces = (self.aggregate, self.situations, self.population, self.household_draws)
+        rows, households = np.arange(len(self.products)), np.arange(self.situations.household_ids.size)
+        if shard is not None:
+            work = np.bincount(self.situations.market, minlength=self.aggregate.shape[0]) + 1
+            *pieces, rows, households = data_shard(*pieces, *shard.block(work))
         engine = Engine(
-            self.aggregate, self.situations, self.population, self.household_draws, self.device, self.dtype,
-            iteration.options, chunk_size, self.initial_state,
+            *pieces, self.device, self.dtype, iteration.options, chunk_size, self.initial_state
         )  # fmt: skip
-        likelihood = Likelihood(engine, space)
+        likelihood = Likelihood(engine, space, shard)
         start = timer()
         optimized = optimization.minimize(likelihood, space.start.copy(), space.bounds)
         theta = optimized.x
         evaluation = likelihood.evaluate(theta)
         solution = evaluation.solution
-        jacobian = likelihood.delta_jacobian(theta, solution)  # [P, M, T, J]
+        jacobian = likelihood.delta_jacobian(theta, solution)  # [P, M, T, J] of this process's markets
         scores = likelihood.scores(theta, solution, jacobian)
         hessian = likelihood.hessian(theta)
-        covariance = robust_covariance(hessian, scores)
+        covariance = robust_covariance(hessian, likelihood._sum(scores.T @ scores))
+        local = pieces[0]
+        delta_rows = local.unpad(solution.delta.detach().cpu().numpy())
+        jacobian_rows = local.unpad(jacobian.detach().cpu().numpy().transpose(1, 2, 3, 0))  # [N, P]
+        fp_converged = solution.converged.cpu().numpy()
+        fp_iterations = solution.iterations.cpu().numpy()
+        if shard is not None:  # every process assembles the whole problem's rows, markets and households
+            parts = shard.gather((rows, delta_rows, jacobian_rows, households, scores, fp_converged, fp_iterations))
+            order = np.concatenate([part[0] for part in parts])
+            delta_rows = np.concatenate([part[1] for part in parts])[np.argsort(order)]
+            jacobian_rows = np.concatenate([part[2] for part in parts])[np.argsort(order)]
+            scores = np.concatenate([part[4] for part in parts])[np.argsort(np.concatenate([p[3] for p in parts]))]
+            fp_converged = np.concatenate([part[5] for part in parts])
+            fp_iterations = np.concatenate([part[6] for part in parts])
         a = self.aggregate
-        delta_rows = a.unpad(solution.delta.detach().cpu().numpy())
-        jacobian_rows = a.unpad(jacobian.detach().cpu().numpy().transpose(1, 2, 3, 0))  # [N, P]
         used = self.linear.rows
         X1_formulation = self.product_formulations[0]
         ids = X1_formulation.build_ids(self.products.iloc[used].reset_index(drop=True))
@@ -228,11 +251,11 @@ class IntegratedProblem:
         estimates, errors = space.unpack(theta), space.unpack(se)
         errors["sigma"][~space.sigma_free] = np.nan
         errors["pi"][~space.pi_free] = np.nan
-        fp_converged = solution.converged.cpu().numpy()
         failed = np.argwhere(~fp_converged)
         return IntegratedResults(
             self,
-            engine=engine,
+            _engine=engine if shard is None else None,
+            engine_options=(iteration.options, chunk_size),
             space=space,
             sigma=estimates["sigma"],
             sigma_se=errors["sigma"],
@@ -261,7 +284,7 @@ class IntegratedProblem:
             evaluations=likelihood.evaluations,
             seconds=timer() - start,
             fp_converged=fp_converged,
-            fp_iterations=solution.iterations.cpu().numpy(),
+            fp_iterations=fp_iterations,
             failed_inversions=pd.DataFrame(
                 {
                     "market_ids": [label(a.market_ids[m]) for m, _ in failed],

@@ -10,6 +10,7 @@ import torch
 
 from ..exceptions import InvalidDataError
 from ..persistence import Persistent
+from .engine import Engine
 
 
 class IntegratedResults(Persistent):
@@ -49,6 +50,18 @@ class IntegratedResults(Persistent):
         self.problem = problem
         for name, value in values.items():
             setattr(self, name, value)
+
+    @property
+    def engine(self) -> Engine:
+        """The whole problem's tensors (built on first use after a distributed solve, whose processes held shards)."""
+        if self._engine is None:
+            p = self.problem
+            options, chunk_size = self.engine_options
+            self._engine = Engine(
+                p.aggregate, p.situations, p.population, p.household_draws, p.device, p.dtype, options, chunk_size,
+                p.initial_state,
+            )  # fmt: skip
+        return self._engine
 
     # --------------------------------------------------------- counterfactuals
     def simulate(self, product_data: Any = None) -> pd.DataFrame:
