@@ -26,6 +26,7 @@ LAYERS = {
     "memory": 0.5,
     "persistence": 0.5,
     "distributed": 0.5,
+    "multistart": 0.5,
     "configurations": 1,
     "data": 1,
     "layout": 1,

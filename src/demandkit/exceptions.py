@@ -29,3 +29,11 @@ class ConvergenceWarning(UserWarning):
     The results object records which markets or steps failed; tighten nothing silently, but consider
     more iterations, a different accelerator, better starting values or rescaled characteristics.
     """
+
+
+class DistinctOptimaWarning(UserWarning):
+    """Starts of a multi-start estimation that converged to distinct optima (objectives that differ materially).
+
+    The results are the best start's; ``results.starts`` lists every start. The objective has local optima there:
+    more starts may find a better one, and an optimum that depends on the start deserves a look at identification.
+    """

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 from ..memory import reuse_freed_memory
 from .economy import Economy
 from .estimation import solve
 from .results import ProblemResults
+from .starts import solve_from_starts
 
 
 class Problem(Economy):
@@ -41,10 +44,58 @@ class Problem(Economy):
         ``torch.float64`` by default.
     """
 
-    def solve(self, sigma: Any = None, pi: Any = None, rho: Any = None, **kwargs: Any) -> ProblemResults:
-        """Estimate the model by GMM. See :func:`demandkit.blp.estimation.solve` for every argument.
+    def solve(
+        self,
+        sigma: Any = None,
+        pi: Any = None,
+        rho: Any = None,
+        *,
+        starts: int | list[dict[str, Any]] | None = None,
+        starts_options: Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
+        **kwargs: Any,
+    ) -> ProblemResults:
+        """Estimate the model by GMM. See :func:`demandkit.blp.estimation.solve` for every other argument.
 
         On the CPU, freed memory is kept for reuse while it runs (:func:`demandkit.memory.reuse_freed_memory`).
+
+        Parameters
+        ----------
+        sigma, pi, rho : array-like
+            Starting values (the first start of a multi-start estimation).
+        starts : int or list of dict, optional
+            Multi-start estimation (:mod:`demandkit.blp.starts`, :mod:`demandkit.multistart`). An int ``n`` solves
+            from the given starting values and from ``n - 1`` draws around them; a list gives each start as a dict
+            of starting values (keys among ``sigma``, ``pi``, ``rho``, ``beta``, ``gamma``, ``delta``; the other
+            arguments are shared, and keys a start lacks take this call's values). Each start is solved in full, and
+            the results of the one with the lowest first-step GMM objective among those that converged (among all,
+            if none did) are returned, with ``results.starts``, a DataFrame of every start: ``start``,
+            ``objective`` (first step), ``converged``, ``gradient_norm``, ``iterations`` (all steps), ``seconds``,
+            ``best``, ``warnings``, ``error``, ``final_objective``, ``initial`` and ``estimate``. A
+            :class:`~demandkit.exceptions.DistinctOptimaWarning` (a ``UserWarning``) says when converged starts end
+            at objectives worse than the best by more than ``rtol * max(|best|, 1)``, ``rtol = 1e-4`` by default.
+            None (the default) solves once, as before, and ``results.starts`` is None.
+        starts_options : dict, optional
+            ``{'seed': 0, 'scale': 1.0, 'rtol': 1e-4}`` (the defaults): the seed of the draws, their standard
+            deviation in units of ``max(|start|, f)`` (``f`` one utility unit per scale of what the parameter
+            multiplies) and the relative tolerance of distinct optima.
+        executor : concurrent.futures.Executor, optional
+            Where the starts run. By default a local ``ProcessPoolExecutor`` with a worker per core (at most one per
+            start) and one torch thread each; one start, one core or a problem on a GPU runs in this process. The
+            problem and the arguments are pickled to the workers.
+
+        Raises
+        ------
+        SpecificationError
+            ``starts`` below 1 or of another type, ``executor`` not an ``Executor``, unknown ``starts_options``, or
+            either of those without ``starts``; and :func:`~demandkit.blp.estimation.solve`'s errors (raised by a
+            multi-start estimation only if every start fails).
         """
+        if starts is not None or starts_options is not None or executor is not None:
+            return solve_from_starts(
+                self, starts, starts_options, executor, {"sigma": sigma, "pi": pi, "rho": rho, **kwargs}
+            )
         with reuse_freed_memory():
-            return solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
+            results = solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
+        results.starts = None
+        return results

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from .specification import (
     ParameterSpace,
     StateDependence,
 )
+from .starts import fit_from_starts
 
 #: parameters by name (a mapping or Series) or as a full array in the order of :attr:`MixedLogit.names`
 Parameters = Mapping[str, float] | pd.Series | np.ndarray
@@ -225,6 +227,9 @@ class MixedLogit:
         chunk_size: int | None = None,
         progress: bool = True,
         dtype: torch.dtype = torch.float64,
+        starts: int | list[Parameters] | None = None,
+        starts_options: Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
     ) -> MixedLogitResults:
         """Estimate by maximum simulated likelihood.
 
@@ -256,7 +261,25 @@ class MixedLogit:
             ``torch.float64`` (the default) or ``torch.float32``, an option for GPUs: the estimates stay within a
             few hundredths of a standard error of float64's (tested), the covariances are computed at the same
             precision.
+        starts : int or list, optional
+            Multi-start estimation (:mod:`~demandkit.mixed_logit.starts`): an int ``n`` fits from ``initial`` (or
+            the defaults) and from ``n - 1`` draws around it; a list gives each start as ``initial`` would. The
+            results of the start with the highest log-likelihood among those that converged (among all, if none
+            did) are returned, with ``results.starts``: a DataFrame of ``start``, ``loglikelihood``, ``converged``,
+            ``gradient_norm``, ``iterations``, ``seconds``, ``best``, ``warnings``, ``error``, ``initial`` and
+            ``estimate`` per start; a :class:`~demandkit.exceptions.DistinctOptimaWarning` (a ``UserWarning``) says
+            when converged starts end at log-likelihoods below the best by more than ``rtol * max(|best|, 1)``
+            (``rtol = 1e-4`` by default). None (the default) fits once, and ``results.starts`` is None.
+        starts_options : dict, optional
+            ``{'seed': 0, 'scale': 1.0, 'rtol': 1e-4}`` (the defaults; see :mod:`demandkit.multistart`).
+        executor : concurrent.futures.Executor, optional
+            Where the starts run: by default a local ``ProcessPoolExecutor`` (one worker per core, one torch thread
+            each), or this process for one start, one core or a GPU. The model is pickled to the workers.
         """
+        if starts is not None or starts_options is not None or executor is not None:
+            arguments = {"optimization": optimization, "gradient": gradient, "device": device, "initial": initial}
+            arguments.update(covariance=covariance, chunk_size=chunk_size, progress=progress, dtype=dtype)
+            return fit_from_starts(self, starts, starts_options, executor, arguments)
         start = time.perf_counter()
         check_choice("covariance", covariance, CovarianceType)
         method = self._method(gradient)

@@ -48,7 +48,11 @@ class MixedLogitResults(Persistent):
         Whether the optimizer reported convergence.
     statistics : dict
         Counts (individuals, situations, observations, draws), iterations, evaluations, timings, methods.
+    starts : DataFrame or None
+        One row per start of a multi-start fit (``fit(starts=...)``); None after a single fit.
     """
+
+    starts: pd.DataFrame | None = None
 
     def __init__(
         self,
