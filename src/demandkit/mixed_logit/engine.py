@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..distributed import Shard
 from ..exceptions import SpecificationError
 from . import kernels
 from .chunks import (
@@ -67,6 +68,9 @@ class Engine:
         A user-defined utility; without it the utility is linear in the covariates.
     chunk_size : int, optional
         Individuals per chunk; by default chosen from the free memory of ``device``.
+    shard : Shard, optional
+        In a ``torch.distributed`` group: this process evaluates a contiguous block of individuals (of the chunk
+        plans' ordering, balanced by situations x alternatives) and every total is summed over the processes.
     """
 
     def __init__(
@@ -78,8 +82,9 @@ class Engine:
         dtype: torch.dtype = torch.float64,
         utility: kernels.Utility | None = None,
         chunk_size: int | None = None,
+        shard: Shard | None = None,
     ) -> None:
-        self.panel, self.space, self.draws = panel, space, draws
+        self.panel, self.space, self.draws, self.shard = panel, space, draws, shard
         self.map = CoefficientMap(space, device)
         self.device, self.dtype, self.utility, self.chunk_size = device, dtype, utility, chunk_size
         # covariate columns in the internal coefficient order (random first)
@@ -134,7 +139,20 @@ class Engine:
                 cap=cap,
                 chunk_size=self.chunk_size,
             )
+            if self.shard is not None:  # this process's block of positions in the plans' shared ordering
+                start, stop = self._block(self._plans[kind].order)
+                bounds = tuple((max(a, start), min(b, stop)) for a, b in self._plans[kind].bounds)
+                self._plans[kind] = ChunkPlan(self._plans[kind].order, tuple((a, b) for a, b in bounds if a < b))
         return self._plans[kind]
+
+    def _block(self, order: np.ndarray) -> tuple[int, int]:
+        """The positions of ``order`` (the same in every plan) that this process evaluates."""
+        work = self.panel.n_situations[order] * self.panel.n_alternatives[order]
+        return self.shard.block(work)
+
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """Over the processes of a distributed fit (identity in one process)."""
+        return values if self.shard is None else self.shard.sum(values)
 
     def _chunk(self, kind: str, index: int) -> DifferenceChunk | FullChunk:
         """The padded tensors of a chunk, built once and shared by the kinds of work with the same layout."""
@@ -190,12 +208,13 @@ class Engine:
         return torch.tensor(np.asarray(theta, dtype=np.float64), dtype=self.dtype, device=self.device)
 
     def _scatter(self, kind: str, values: list[Tensor]) -> np.ndarray:
-        """Per-chunk per-individual values back to the panel's individual order."""
+        """Per-chunk per-individual values back to the panel's individual order (every process's, when sharded)."""
         stacked = torch.cat(values).detach().cpu().numpy().astype(np.float64)
-        order = self.plan(kind).order
-        out = np.empty_like(stacked)
-        out[order] = stacked
-        return out
+        plan = self.plan(kind)
+        members = np.concatenate([plan.order[a:b] for a, b in plan.bounds]) if plan.bounds else plan.order[:0]
+        out = np.zeros((len(plan.order), *stacked.shape[1:]))
+        out[members] = stacked
+        return self._sum(out)
 
     # ------------------------------------------------------------------ objective
     def analytic(self, theta: np.ndarray, scores: bool = False) -> Evaluation:
@@ -218,11 +237,8 @@ class Engine:
             per_individual = [s for _, s in results]
             total = torch.stack([ll.sum() for ll in lls]).sum()
             gradient = torch.stack([s.sum(0) for s in per_individual]).sum(0)
-        return Evaluation(
-            float(total),
-            gradient.cpu().numpy().astype(np.float64),
-            self._scatter("analytic", per_individual) if scores else None,
-        )
+        summed = self._sum(np.concatenate([[float(total)], gradient.cpu().numpy().astype(np.float64)]))
+        return Evaluation(float(summed[0]), summed[1:], self._scatter("analytic", per_individual) if scores else None)
 
     def autograd(self, theta: np.ndarray, scores: bool = False) -> Evaluation:
         """Log-likelihood and its gradient by autograd (per-individual scores by one backward pass per chunk)."""
@@ -243,11 +259,8 @@ class Engine:
                 per_individual.append(g)
                 g = g.sum(0)
             gradient = gradient + g
-        return Evaluation(
-            float(total),
-            gradient.cpu().numpy().astype(np.float64),
-            self._scatter("autograd", per_individual) if scores else None,
-        )
+        summed = self._sum(np.concatenate([[float(total)], gradient.cpu().numpy().astype(np.float64)]))
+        return Evaluation(float(summed[0]), summed[1:], self._scatter("autograd", per_individual) if scores else None)
 
     def evaluate(self, theta: np.ndarray, method: str, scores: bool = False) -> Evaluation:
         """Dispatch to :meth:`analytic` (which always keeps the scores) or :meth:`autograd`.
@@ -256,6 +269,8 @@ class Engine:
         last points, the scores for the covariance) costs nothing.
         """
         theta = np.asarray(theta, dtype=np.float64)
+        if self.shard is not None:  # every process evaluates rank 0's theta, bit for bit
+            theta = self.shard.broadcast(theta)
         last = self._last
         if last is not None and last[0] == method and np.array_equal(last[1], theta):
             if last[2].scores is not None or not scores:
@@ -275,7 +290,7 @@ class Engine:
             for chunk, base in self.chunks("autograd"):
                 draws = kernels.draw_loglikelihoods(t, self.map, chunk, base, self.utility, self.names)
                 total = total + kernels.simulated_loglikelihood(draws, self.log_weights).sum()
-        return float(total)
+        return float(self._sum(np.array([float(total)]))[0])
 
     def hessian(self, theta: np.ndarray, method: str = "analytic") -> np.ndarray:
         """The Hessian of the simulated log-likelihood, ``[P, P]``.
@@ -289,8 +304,8 @@ class Engine:
             with torch.no_grad():
                 for chunk, base in self.chunks("hessian"):
                     total = total + kernels.analytic_hessian(t, self.map, chunk, base, self.log_weights)
-            return total.cpu().numpy().astype(np.float64)
-        return self._autograd_hessian(theta)
+            return self._sum(total.cpu().numpy().astype(np.float64))
+        return self._sum(self._autograd_hessian(theta))
 
     def _autograd_hessian(self, theta: np.ndarray) -> np.ndarray:
         """The Hessian of the simulated log-likelihood by autograd (reverse over reverse), ``[P, P]``.

@@ -30,6 +30,7 @@ from ..configurations.integration import Integration
 from ..configurations.optimization import Optimization, OptimizationResult
 from ..configurations.options import check_choice
 from ..device import resolve_device
+from ..distributed import current_shard
 from ..exceptions import ConvergenceWarning, SpecificationError
 from .covariance import covariances
 from .data import Panel, build_panel
@@ -230,6 +231,7 @@ class MixedLogit:
         starts: int | list[Parameters] | None = None,
         starts_options: Mapping[str, Any] | None = None,
         executor: Executor | None = None,
+        distributed: bool | None = None,
     ) -> MixedLogitResults:
         """Estimate by maximum simulated likelihood.
 
@@ -275,6 +277,8 @@ class MixedLogit:
         executor : concurrent.futures.Executor, optional
             Where the starts run: by default a local ``ProcessPoolExecutor`` (one worker per core, one torch thread
             each), or this process for one start, one core or a GPU. The model is pickled to the workers.
+        distributed : bool, optional
+            In a ``torch.distributed`` group (None) or with True, each process takes a block of individuals.
         """
         if starts is not None or starts_options is not None or executor is not None:
             arguments = {"optimization": optimization, "gradient": gradient, "device": device, "initial": initial}
@@ -287,6 +291,9 @@ class MixedLogit:
             raise SpecificationError(f"dtype must be torch.float64 or torch.float32; received {dtype}.")
         optimization = _default_optimization(optimization, dtype)
         engine = self._engine(device, dtype, chunk_size)
+        shard = current_shard(distributed, engine.device)
+        if shard is not None:  # a separate engine: post-estimation keeps the whole panel's
+            engine = Engine(self.panel, self.space, self.draws, engine.device, dtype, engine.utility, chunk_size, shard)
         theta0 = self._starting_values(initial, engine.device, dtype, chunk_size, method)
         n = self.panel.n_individuals
         if optimization.method == "bfgs" and "hess_inv0" not in optimization.options:
