@@ -49,6 +49,7 @@ def main() -> None:
             print(f"{dist.get_world_size()} processes")
             print(results)
     finally:
+        dist.barrier()
         dist.destroy_process_group()
 
 

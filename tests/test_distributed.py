@@ -1,55 +1,30 @@
-"""Distributed estimation on torch.distributed: two processes (gloo, spawned here) give the estimates, standard errors
-and log-likelihood of one process, for the integrated model and the mixed logit."""
+"""Distributed estimation on torch.distributed: two processes (gloo, started with torchrun) give the estimates,
+standard errors and log-likelihood of one process, for the integrated model and the mixed logit."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _distributed_cases import integrated_results, mixed_logit_results
 
-import demandkit as dk
 from demandkit.distributed import Shard, current_shard
 from demandkit.exceptions import SpecificationError
-
-SETTINGS = {"markets": 5, "periods": 12, "products": 3, "households": 40, "sigma": [[0.8]], "seed": 4}
-
-
-def integrated_results(distributed: bool | None = None) -> dict:
-    sim = dk.IntegratedSimulation.draw(**SETTINGS)
-    problem = dk.IntegratedProblem(
-        (dk.Formulation("1 + prices + ads"), dk.Formulation("0 + prices")),
-        sim.product_data,
-        sim.micro_data,
-        integration=dk.Integration("halton", 30, {"seed": 0}),
-        burn_in=2,
-    )
-    results = problem.solve(sigma=[[0.5]], gamma=0.5, distributed=distributed)
-    names = ["theta", "theta_covariance", "beta", "beta_se", "loglikelihood", "delta", "scores", "fp_converged"]
-    return {name: getattr(results, name) for name in names} | {"evaluations": results.evaluations}
-
-
-def _worker(rank: int, world: int, store: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        results = {"integrated": integrated_results(), "mixed_logit": mixed_logit_results()}
-        shard = current_shard(None, torch.device("cpu"))
-        results["shard"] = (shard.rank, shard.world)
-        with open(f"{out}.{rank}", "wb") as handle:
-            pickle.dump(results, handle)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """Both estimators solved by two spawned gloo processes (one spawn for the module: start-up is seconds)."""
+    """Both estimators solved by two gloo processes started as the README says, with torchrun (once per module)."""
     folder = tmp_path_factory.mktemp("distributed")
-    mp.spawn(_worker, args=(2, str(folder / "store"), str(folder / "out")), nprocs=2, join=True)
+    job = Path(__file__).resolve().parent / "_distributed_job.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([*command, str(job), str(folder / "out")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = [pickle.loads((folder / f"out.{rank}").read_bytes()) for rank in range(2)]
     assert [r["shard"] for r in ranks] == [(0, 2), (1, 2)]
     return ranks
@@ -86,23 +61,3 @@ def test_distributed_true_needs_a_process_group():
     with pytest.raises(SpecificationError, match="init_process_group"):
         current_shard(True, torch.device("cpu"))
     assert current_shard(None, torch.device("cpu")) is None
-
-
-def mixed_logit_results(distributed: bool | None = None) -> dict:
-    from demandkit.mixed_logit import simulate_panel
-
-    coefficients = {"price": ("normal", -1.0, 0.6), "quality": ("lognormal", 0.0, 0.3)}
-    panel = simulate_panel(150, 5, 3, coefficients, outside=True, availability=0.8, seed=3)
-    model = dk.MixedLogit(
-        dk.Formulation("0 + price + quality"),
-        panel.data,
-        choice="chosen",
-        situation_ids="situation",
-        individual_ids="individual",
-        alternative_ids="alternative",
-        random={"price": "normal", "quality": "lognormal"},
-        outside=True,
-        integration=dk.Integration("halton", 40, {"seed": 0}),
-    )
-    results = model.fit(progress=False, distributed=distributed)
-    return {"theta": results.theta, "se": results.se.to_numpy(), "loglikelihood": results.loglikelihood}
