@@ -50,11 +50,16 @@ class StepResult:
 
 @dataclass(frozen=True)
 class Covariances:
-    """Covariances of :math:`(\\theta, \\beta_c, \\gamma_c)` and what produced them."""
+    """Covariances of :math:`(\\theta, \\beta_c, \\gamma_c)` and what produced them.
+
+    As in PyBLP, elements of :math:`\\theta` fixed by equal bounds are not estimated: ``parameters`` and ``G`` leave
+    them out, and ``estimated`` marks, over :math:`(\\theta, \\beta_c, \\gamma_c)`, the elements they hold.
+    """
 
     parameters: Tensor  # of sqrt(N)(estimate - truth)
     S: Tensor
     G: Tensor
+    estimated: np.ndarray | None = None  # None: every element
 
 
 def _explain_failures(function: Callable[..., ProblemResults]) -> Callable[..., ProblemResults]:
@@ -322,6 +327,12 @@ def _covariances(
 ) -> Covariances:
     evaluation = last.evaluation
     G = objective.moments_jacobian(evaluation)
+    # PyBLP removes elements fixed by equal bounds from theta; a bounded optimizer holds them there (an unbounded
+    # one lets them move, so they are estimated and keep their column)
+    space = objective.space
+    fixed = (space.lower == space.upper) & (evaluation.theta == space.lower)
+    estimated = np.concatenate([~fixed, np.ones(G.shape[1] - fixed.size, dtype=bool)])
+    G = G[:, torch.as_tensor(np.flatnonzero(estimated), device=G.device)]
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes, center
     )
@@ -332,7 +343,7 @@ def _covariances(
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]
-    return Covariances(parameter_covariances(W, S, G, se_type), S, G)
+    return Covariances(parameter_covariances(W, S, G, se_type), S, G, estimated)
 
 
 def _hessian(objective: GMMObjective, theta: np.ndarray) -> np.ndarray:

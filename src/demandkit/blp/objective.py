@@ -165,7 +165,8 @@ class GMMObjective:
     def evaluate(self, theta_values: np.ndarray, gradient: bool = True) -> Evaluation:
         start_time = time.perf_counter()
         p = self.problem
-        theta = torch.as_tensor(theta_values, dtype=p.dtype, device=p.device).clone()
+        # a writable copy: scipy hands a read-only array when every bound is an equality, which torch warns about
+        theta = torch.as_tensor(np.array(theta_values, dtype=np.float64), dtype=p.dtype, device=p.device)
         theta.requires_grad_(gradient and theta.numel() > 0)
         y, inversion, delta_rows, costs, clipped = self.structural(theta)
         eliminated, residuals = self.iv.residuals(y)

@@ -2,7 +2,8 @@
 
 Attributes keep PyBLP's names and shapes (``sigma`` is ``K2 x K2``, ``beta`` is ``K1 x 1``, ``delta``
 and ``xi`` are ``N x 1``, ...). Post-estimation comes from
-:class:`~demandkit.blp.postestimation.DemandPostEstimation`.
+:class:`~demandkit.blp.postestimation.DemandPostEstimation`, specification tests from
+:class:`~demandkit.blp.inference.SpecificationTests`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..persistence import Persistent
 from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
+from .inference import SpecificationTests, mean_moments
 from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
 from .summary import format_results
@@ -26,7 +28,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
 
 
-class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
+class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTests, Persistent):
     """Results of :meth:`Problem.solve`.
 
     Attributes
@@ -49,7 +51,11 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
     fp_converged : ndarray
         ``T x 1`` booleans: whether each market's inversion converged at the estimates.
     parameter_covariances : ndarray
-        Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling).
+        Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling); as in PyBLP, elements of
+        :math:`\\theta` fixed by equal bounds are left out (their standard errors are NaN).
+    moments, moments_jacobian, moments_covariances : ndarray
+        Averaged moments :math:`\\bar g` (``M x 1``), their Jacobian with respect to the estimated parameters and
+        their covariance :math:`S`, for the specification tests (``run_hansen_test``, ``run_wald_test``, ...).
     first_stage : DataFrame
         First-stage F statistics and partial R-squared of the endogenous X1 columns.
     hessian, reduced_hessian : ndarray
@@ -140,9 +146,12 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, Persistent):
         self.parameter_covariances = _numpy(covariances.parameters)
         self.moments_covariances = _numpy(covariances.S)
         self.moments_jacobian = _numpy(covariances.G)
-        se = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
+        se = np.full(space.P + len(space.eliminated_beta) + len(space.eliminated_gamma), np.nan)
+        estimated = slice(None) if covariances.estimated is None else covariances.estimated
+        se[estimated] = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
         self.sigma_se, self.pi_se, self.rho_se, self.beta_se, self.gamma_se = _standard_errors(space, se)
         self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
+        self.moments = mean_moments(problem, self.xi, self.omega)
         self.clipped_costs = int(evaluation.clipped_costs)
         self.first_stage = first_stage(problem)
 
