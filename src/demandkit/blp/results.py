@@ -36,7 +36,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
     sigma, pi, rho, beta : ndarray
         Estimates (:math:`\\Sigma` lower triangular ``K2 x K2``, :math:`\\Pi` ``K2 x D``, :math:`\\rho`
         ``H x 1``, :math:`\\beta` ``K1 x 1``), with standard errors ``sigma_se``, ``pi_se``, ``rho_se``,
-        ``beta_se`` (zero for elements fixed at zero).
+        ``beta_se`` (NaN for elements fixed at zero, as in PyBLP).
     objective : float
         :math:`N \\bar g' W \\bar g` at the estimates.
     gradient : ndarray

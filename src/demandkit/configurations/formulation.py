@@ -37,6 +37,25 @@ class Formulation:
         ``'C(product_ids) + C(city_ids)'``. Only for the linear part X1 (and X3).
     absorb_method : str, optional
         Passed to ``pyhdfe.create`` (``'within'`` for one fixed effect, ``'map'`` for several by default).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import demandkit as dk
+    >>> data = pd.DataFrame({"prices": [1.0, 2.0, 4.0], "sugar": [3, 0, 1]})
+    >>> matrix, labels = dk.Formulation("1 + prices + log(sugar + 1)").build_matrix(data)
+    >>> labels
+    ['1', 'prices', 'log(sugar + 1)']
+    >>> matrix.round(3).tolist()
+    [[1.0, 1.0, 1.386], [1.0, 2.0, 0.0], [1.0, 4.0, 0.693]]
+
+    Fixed effects named in ``absorb`` are projected out, never built as columns:
+
+    >>> formulation = dk.Formulation("0 + prices", absorb="C(product_ids)")
+    >>> print(formulation)
+    0 + prices + Absorb[C(product_ids)]
+    >>> formulation.absorb_names
+    ('product_ids',)
     """
 
     formula: str

@@ -111,6 +111,21 @@ class Integration:
     ``'lhs'`` and ``'mlhs'`` give every market its own hypercube of ``size`` points, as PyBLP does. With
     ``'monte_carlo'`` the draws equal PyBLP's bit for bit. In every case the first market's nodes equal
     :meth:`build`'s, and all draws are generated at once rather than market by market.
+
+    Examples
+    --------
+    Gauss-Hermite quadrature with 3 nodes in one dimension (exact for polynomials of degree 5):
+
+    >>> import demandkit as dk
+    >>> nodes, weights = dk.Integration("product", 3).build(1)
+    >>> nodes.ravel().round(4).tolist(), weights.round(4).tolist()
+    ([-1.7321, 0.0, 1.7321], [0.1667, 0.6667, 0.1667])
+
+    500 scrambled Halton draws in two dimensions, equally weighted:
+
+    >>> nodes, weights = dk.Integration("halton", 500, {"seed": 0}).build(2)
+    >>> nodes.shape, round(float(weights.sum()), 12)
+    ((500, 2), 1.0)
     """
 
     specification: IntegrationSpecification

@@ -48,6 +48,13 @@ def build_id_data(T: int, J: int, F: int) -> np.recarray:
     recarray
         ``T * J`` rows with object fields ``market_ids`` (``0..T-1``) and ``firm_ids`` (``0..F-1``), each of
         shape ``(1,)`` per row as in PyBLP.
+
+    Examples
+    --------
+    >>> import demandkit as dk
+    >>> ids = dk.build_id_data(T=2, J=3, F=2)
+    >>> ids.market_ids.ravel().tolist(), ids.firm_ids.ravel().tolist()
+    ([0, 0, 0, 1, 1, 1], [0, 0, 1, 0, 0, 1])
     """
     for name, value in (("T", T), ("F", F), ("J", J)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

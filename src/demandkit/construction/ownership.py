@@ -25,6 +25,29 @@ def build_ownership(
         :math:`\\kappa(f, g)`, the weight firm :math:`f` puts on firm :math:`g`'s profits (e.g. partial
         common ownership); None for ``1{f = g}``; ``'monopoly'`` for one owner of everything; ``'single'``
         for single-product firms.
+
+    Examples
+    --------
+    Market 0 has three products (two of firm ``a``), market 1 two, so market 1's rows end in NaN padding:
+
+    >>> import pandas as pd
+    >>> import demandkit as dk
+    >>> products = pd.DataFrame(
+    ...     {"market_ids": [0, 0, 0, 1, 1], "firm_ids": ["a", "a", "b", "a", "b"]}
+    ... )
+    >>> dk.build_ownership(products)
+    array([[ 1.,  1.,  0.],
+           [ 1.,  1.,  0.],
+           [ 0.,  0.,  1.],
+           [ 1.,  0., nan],
+           [ 0.,  1., nan]])
+
+    Partial common ownership: each firm puts half the weight of its own profits on its rival's:
+
+    >>> dk.build_ownership(products, lambda f, g: 1.0 if f == g else 0.5)[:3]
+    array([[1. , 1. , 0.5],
+           [1. , 1. , 0.5],
+           [0.5, 0.5, 1. ]])
     """
     frame = as_frame(product_data, "product_data")
     require_columns(frame, ["market_ids"], "product_data")
