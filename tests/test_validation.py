@@ -206,3 +206,12 @@ def test_duplicated_products_warn_naming_the_market(data):
     with pytest.warns(UserWarning, match=r"product_data has identical rows within market\(s\) 1, 3 \(4 rows"):
         _logit(identical)
     _logit(products.assign(product_ids=np.nan))  # missing ids are not compared: no warning
+
+
+def test_read_only_columns_build_without_a_torch_warning():
+    """pandas 3 hands out read-only arrays; torch warns on them (an error in this suite) unless they are copied."""
+    products = pd.read_csv(dk.data.NEVO_PRODUCTS_LOCATION)
+    products["nesting_ids"] = 1
+    products["demand_instruments20"] = products.groupby("market_ids")["shares"].transform(np.size)
+    problem = dk.Problem(dk.Formulation("0 + prices"), products)
+    assert problem.ZD_tensor.shape[0] == len(products)

@@ -279,7 +279,9 @@ class Economy:
 
     # --------------------------------------------------------------- tensors
     def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype or self.dtype, device=self.device)
+        """``array`` on the problem's device; read-only arrays (pandas 3 hands them out) are copied first."""
+        array = np.require(array, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        return torch.as_tensor(array, dtype=dtype or self.dtype, device=self.device)
 
     def padded(self, values: np.ndarray) -> torch.Tensor:
         """Rows in the user's order (``N`` or ``N x K``) as a padded ``[T, J(, K)]`` tensor on the problem's device."""
