@@ -108,10 +108,13 @@ class Engine:
             return kernels.stationary_state(delta, mu, gamma, available)
         return state
 
-    def _period_inputs(self, c: Coefficients, t: int) -> tuple[Tensor | None, Tensor]:
+    def _period_inputs(self, c: Coefficients, t: int, X2: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+        """Period ``t``'s agent utilities ``mu`` ``[M, I, J]`` (None without X2) and state dependence ``[M, I, 1]``;
+        ``X2`` replaces the problem's characteristics (a counterfactual)."""
+        X2 = self.X2 if X2 is None else X2
         mu = None
-        if self.X2.shape[-1]:
-            mu = torch.einsum("mjk,mik->mij", self.X2[:, t], c.tastes(self.nodes, self.demographics))
+        if X2.shape[-1]:
+            mu = torch.einsum("mjk,mik->mij", X2[:, t], c.tastes(self.nodes, self.demographics))
         return mu, c.state_dependence(self.nodes).unsqueeze(-1)
 
     def solve_macro(self, c: Coefficients) -> MacroSolution:
@@ -183,20 +186,14 @@ class Engine:
     def shares_path(self, c: Coefficients, delta: Tensor, X2: Tensor | None = None) -> Tensor:
         """``[M, T, J]`` shares of the population when mean utilities are ``delta`` (and characteristics ``X2``),
         by the recursion over periods from the initial state: a counterfactual path."""
-        saved = self.X2
-        if X2 is not None:
-            self.X2 = X2
-        try:
-            with torch.no_grad():
-                state, out = self._initial_state(), []
-                for t in range(self.shape[1]):
-                    mu, gamma = self._period_inputs(c, t)
-                    state = self._entering(state, t, delta[:, t], mu, gamma, self.available[:, t])
-                    p = kernels.period(delta[:, t], mu, gamma, state, self.available[:, t])
-                    out.append(torch.where(self.available[:, t], kernels.shares(p, self.weights), 0.0))
-                    state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
-        finally:
-            self.X2 = saved
+        with torch.no_grad():
+            state, out = self._initial_state(), []
+            for t in range(self.shape[1]):
+                mu, gamma = self._period_inputs(c, t, X2)
+                state = self._entering(state, t, delta[:, t], mu, gamma, self.available[:, t])
+                p = kernels.period(delta[:, t], mu, gamma, state, self.available[:, t])
+                out.append(torch.where(self.available[:, t], kernels.shares(p, self.weights), 0.0))
+                state = torch.where(self.active[:, t, None, None], kernels.next_state(p), state)
         return torch.stack(out, 1)
 
     def price_jacobians(self, c: Coefficients, delta: Tensor, dX1_beta: Tensor, dX2: Tensor | None) -> Tensor:

@@ -17,7 +17,6 @@ with :math:`\\tilde\\delta` the mean utilities with fixed effects absorbed and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,7 +183,3 @@ def robust_covariance(hessian: np.ndarray, meat: np.ndarray) -> np.ndarray:
     (pseudo-inverse when singular)."""
     inverse = np.linalg.pinv(hessian)
     return inverse @ meat @ inverse
-
-
-def timer() -> float:
-    return time.perf_counter()
