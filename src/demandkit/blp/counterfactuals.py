@@ -5,8 +5,8 @@ Marginal costs :math:`c = p - \\eta(p)`, markups (Lerner indices :math:`(p - c)/
 (with :math:`\\partial\\eta/\\partial p` by autograd, no hand-written share Hessians), approximate
 equilibrium prices :math:`c + \\eta(p; O^{new})`, equilibrium prices by the zeta-markup fixed point
 (Morrow and Skerlos 2011) iterated for all markets at once, long-run diversion ratios and a one-call
-merger simulation. Counterfactual prices move utilities through the designs, which must be linear in
-prices (the derivative matrices are checked once).
+merger simulation (``merger``). Counterfactual prices move utilities through the designs, which must be linear in
+prices (the derivative matrices are checked once). Every method takes PyBLP's ``market_id`` (``markets``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ..exceptions import ConvergenceWarning, InvalidDataError, SpecificationErro
 from ..kernels.equilibrium import iterate_prices
 from ..kernels.markups import bertrand_markups, equilibrium_zeta
 from ..kernels.shares import agent_utilities, compute_probabilities, share_jacobian
+from .markets import MarketSelection, select_market
+from .merger import simulate_merger
 
 
 @dataclass(frozen=True)
@@ -133,52 +135,167 @@ class SupplyPostEstimation:
     def _rows(self, padded: Tensor) -> np.ndarray:
         return self._stack_vector(torch.where(self.problem.product_mask, padded, 0.0))
 
-    # --------------------------------------------------------------- public
-    def compute_costs(self, firm_ids: Any = None, ownership: Any = None) -> np.ndarray:
-        """Marginal costs :math:`c = p - \\eta` under the data's (or the given) ownership, ``N x 1``."""
-        with torch.no_grad():
-            return self._rows(self._costs(firm_ids, ownership))
+    def _firm_ids(self) -> np.ndarray:
+        """The data's firm ids, or one firm per product where there are none."""
+        products = self.problem.products
+        return products["firm_ids"].to_numpy() if "firm_ids" in products.columns else np.arange(self.problem.N)
 
-    def compute_markups(self, prices: Any = None, costs: Any = None) -> np.ndarray:
-        """Markups as Lerner indices :math:`(p - c)/p`, ``N x 1`` (PyBLP's definition)."""
-        prices_array = self.problem.products["prices"].to_numpy() if prices is None else np.asarray(prices)
-        costs_array = self.compute_costs() if costs is None else np.asarray(costs)
-        prices_array, costs_array = prices_array.reshape(-1, 1), costs_array.reshape(-1, 1)
+    def _widen(self, market: MarketSelection | None, firm_ids: Any = None, ownership: Any = None) -> tuple[Any, Any]:
+        """``firm_ids`` and ``ownership`` given for one market widened to all products (other markets unchanged)."""
+        if market is None:
+            return firm_ids, ownership
+        if ownership is not None:
+            return firm_ids, market.expand_ownership(ownership, self.problem.layout.mask.shape[1])
+        if firm_ids is not None:
+            return market.expand_ids(firm_ids, self._firm_ids(), "firm_ids"), None
+        return None, None
+
+    def _widen_costs(self, market: MarketSelection | None, costs: Any) -> Any:
+        """``costs`` given for one market widened to all products, other markets' at the estimated costs."""
+        if market is None or costs is None:
+            return costs
+        with torch.no_grad():
+            return market.expand(costs, self._rows(self._costs()), "costs")
+
+    # --------------------------------------------------------------- public
+    def compute_costs(self, firm_ids: Any = None, ownership: Any = None, market_id: Any = None) -> np.ndarray:
+        """Marginal costs :math:`c = p - \\eta` under the data's (or the given) ownership.
+
+        Parameters
+        ----------
+        firm_ids : array-like, optional
+            Firm ids (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        ownership : array-like, optional
+            Ownership matrices (``N x J_max``, or ``J_t x J_t`` with ``market_id``).
+        market_id : object, optional
+            One market's id: its costs only.
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` costs (``J_t x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        firm_ids, ownership = self._widen(market, firm_ids, ownership)
+        with torch.no_grad():
+            stacked = self._rows(self._costs(firm_ids, ownership))
+        return stacked if market is None else market.vector(stacked)
+
+    def compute_markups(self, prices: Any = None, costs: Any = None, market_id: Any = None) -> np.ndarray:
+        """Markups as Lerner indices :math:`(p - c)/p` (PyBLP's definition).
+
+        Parameters
+        ----------
+        prices : array-like, optional
+            Prices (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        costs : array-like, optional
+            Marginal costs (``N``, or ``J_t`` with ``market_id``); by default :meth:`compute_costs`.
+        market_id : object, optional
+            One market's id: its markups only.
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` markups (``J_t x 1`` for one market).
+        """
+        prices_array, costs_array = self._prices_and_costs(prices, costs, market_id)
         return (prices_array - costs_array) / prices_array
 
-    def compute_profits(self, prices: Any = None, shares: Any = None, costs: Any = None) -> np.ndarray:
-        """Profits per unit of market size :math:`(p - c)s`, ``N x 1``.
+    def _prices_and_costs(self, prices: Any, costs: Any, market_id: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``J x 1`` prices (the data's by default) and costs (estimated by default) of all products or one market."""
+        market = select_market(self.problem, market_id)
+        prices_array = self.problem.products["prices"].to_numpy() if prices is None else np.asarray(prices)
+        costs_array = self.compute_costs(market_id=market_id) if costs is None else np.asarray(costs)
+        if market is not None:
+            prices_array = market.restrict(prices_array, "prices")
+            costs_array = market.restrict(costs_array, "costs")
+        return prices_array.reshape(-1, 1), costs_array.reshape(-1, 1)
+
+    def compute_profits(
+        self, prices: Any = None, shares: Any = None, costs: Any = None, market_id: Any = None
+    ) -> np.ndarray:
+        """Profits per unit of market size :math:`(p - c)s`.
 
         As in PyBLP, ``shares`` default to the observed shares even when ``prices`` are given; pass
         ``shares=results.compute_shares(prices)`` for profits at a new equilibrium (``compute_merger`` does).
+
+        Parameters
+        ----------
+        prices : array-like, optional
+            Prices (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        shares : array-like, optional
+            Shares (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        costs : array-like, optional
+            Marginal costs (``N``, or ``J_t`` with ``market_id``); by default :meth:`compute_costs`.
+        market_id : object, optional
+            One market's id: its profits only.
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` profits (``J_t x 1`` for one market).
         """
-        prices_array = self.problem.products["prices"].to_numpy() if prices is None else np.asarray(prices)
+        market = select_market(self.problem, market_id)
+        prices_array, costs_array = self._prices_and_costs(prices, costs, market_id)
         if shares is None:
             shares = self.problem.shares  # PyBLP's default: the observed shares, even at new prices
-        costs_array = self.compute_costs() if costs is None else np.asarray(costs)
-        return (prices_array.reshape(-1, 1) - costs_array.reshape(-1, 1)) * np.asarray(shares).reshape(-1, 1)
+        shares_array = np.asarray(shares) if market is None else market.restrict(shares, "shares")
+        return (prices_array - costs_array) * shares_array.reshape(-1, 1)
 
-    def compute_hhi(self, firm_ids: Any = None, shares: Any = None) -> np.ndarray:
-        """Herfindahl-Hirschman indices :math:`10{,}000\\sum_f(\\sum_{j\\in J_f}s_j / \\sum_j s_j)^2`, ``T x 1``.
+    def compute_hhi(self, firm_ids: Any = None, shares: Any = None, market_id: Any = None) -> np.ndarray:
+        """Herfindahl-Hirschman indices :math:`10{,}000\\sum_f(\\sum_{j\\in J_f}s_j / \\sum_j s_j)^2`.
 
         Shares are of the inside goods (firm sales over the market's inside sales), as antitrust practice
         and PyBLP's computation have it.
+
+        Parameters
+        ----------
+        firm_ids : array-like, optional
+            Firm ids (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        shares : array-like, optional
+            Shares (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        market_id : object, optional
+            One market's id: its index only.
+
+        Returns
+        -------
+        ndarray
+            ``T x 1`` indices in sorted market order (``1 x 1`` for one market).
         """
         p = self.problem
+        market = select_market(p, market_id)
+        if market is not None:
+            firm_ids = None if firm_ids is None else market.expand_ids(firm_ids, self._firm_ids(), "firm_ids")
+            shares = None if shares is None else market.expand(shares, p.shares, "shares")
         ids = p.products["firm_ids"].to_numpy() if firm_ids is None else np.asarray(firm_ids).reshape(-1)
         values = p.shares if shares is None else np.asarray(shares, dtype=np.float64).reshape(-1)
         frame = pd.DataFrame({"t": p.layout.market_of_row, "f": ids, "s": values})
         frame["s"] = frame["s"] / frame.groupby("t")["s"].transform("sum")
         firm_shares = frame.groupby(["t", "f"], sort=True)["s"].sum()
-        return (1e4 * (firm_shares**2).groupby(level=0).sum()).to_numpy().reshape(-1, 1)
+        indices = (1e4 * (firm_shares**2).groupby(level=0).sum()).to_numpy().reshape(-1, 1)
+        return indices if market is None else market.market(indices)
 
-    def compute_passthrough(self, firm_ids: Any = None, ownership: Any = None) -> np.ndarray:
-        """Passthrough of costs to prices, stacked ``N x J_max``.
-
+    def compute_passthrough(self, firm_ids: Any = None, ownership: Any = None, market_id: Any = None) -> np.ndarray:
+        """Passthrough of costs to prices,
         :math:`\\Upsilon_{jk} = \\partial p_j/\\partial c_k = [(I - \\partial\\eta/\\partial p')^{-1}]_{jk}`.
+
+        Parameters
+        ----------
+        firm_ids : array-like, optional
+            Firm ids (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        ownership : array-like, optional
+            Ownership matrices (``N x J_max``, or ``J_t x J_t`` with ``market_id``).
+        market_id : object, optional
+            One market's id: its matrix only.
+
+        Returns
+        -------
+        ndarray
+            Stacked ``N x J_max`` matrices (``J_t x J_t`` for one market).
         """
         p = self.problem
-        own = self._ownership_tensor(firm_ids, ownership)
+        market = select_market(p, market_id)
+        own = self._ownership_tensor(*self._widen(market, firm_ids, ownership))
         prices = p.prices_padded.clone().requires_grad_(True)
         markups = self._markups_at(prices, own)[0]
         J = prices.shape[1]
@@ -191,18 +308,48 @@ class SupplyPostEstimation:
         both = p.product_mask.unsqueeze(-1) & p.product_mask.unsqueeze(-2)
         inverse = torch.where(both, eye - derivative, eye.expand_as(derivative))
         passthrough = torch.linalg.inv(inverse).detach()
-        return self._stack_matrices(passthrough)
+        stacked = self._stack_matrices(passthrough)
+        return stacked if market is None else market.matrices(stacked)
 
-    def compute_approximate_prices(self, firm_ids: Any = None, ownership: Any = None, costs: Any = None) -> np.ndarray:
+    def compute_approximate_prices(
+        self, firm_ids: Any = None, ownership: Any = None, costs: Any = None, market_id: Any = None
+    ) -> np.ndarray:
         """:math:`c + \\eta(p; O)`: prices after a change of ownership or costs holding shares and their
-        derivatives fixed (in the spirit of Hausman, Leonard and Zona 1994), ``N x 1``."""
+        derivatives fixed (in the spirit of Hausman, Leonard and Zona 1994).
+
+        Parameters
+        ----------
+        firm_ids : array-like, optional
+            New firm ids (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        ownership : array-like, optional
+            New ownership matrices (``N x J_max``, or ``J_t x J_t`` with ``market_id``).
+        costs : array-like, optional
+            Marginal costs (``N``, or ``J_t`` with ``market_id``); by default the estimated costs.
+        market_id : object, optional
+            One market's id: its prices only.
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` prices (``J_t x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        firm_ids, ownership = self._widen(market, firm_ids, ownership)
+        costs = self._widen_costs(market, costs)
         with torch.no_grad():
             costs_padded = self._costs() if costs is None else self._pad(costs, "costs")
             markups = self._markups_at(self.problem.prices_padded, self._ownership_tensor(firm_ids, ownership))[0]
-            return self._rows(costs_padded + markups)
+            stacked = self._rows(costs_padded + markups)
+        return stacked if market is None else market.vector(stacked)
 
     def _equilibrium(
-        self, firm_ids: Any, ownership: Any, costs: Any, prices: Any, iteration: Iteration | None
+        self,
+        firm_ids: Any,
+        ownership: Any,
+        costs: Any,
+        prices: Any,
+        iteration: Iteration | None,
+        market: MarketSelection | None = None,
     ) -> tuple[Tensor, Tensor]:
         p, model = self.problem, self.model
         iteration = iteration or Iteration("simple", {"atol": 1e-12})
@@ -218,8 +365,10 @@ class SupplyPostEstimation:
                 return equilibrium_zeta(probabilities, model.weights, derivatives, own, margins, mask, model.nesting)[0]
 
             result = iterate_prices(markups, costs_padded, start, mask, iteration.method, iteration.options)
-        if not bool(result.converged.all()):
-            failed = [p.layout.market_ids[t] for t in torch.nonzero(~result.converged).flatten().tolist()]
+        converged = result.converged if market is None else result.converged[market.index : market.index + 1]
+        if not bool(converged.all()):
+            indices = torch.nonzero(~result.converged).flatten().tolist() if market is None else [market.index]
+            failed = [p.layout.market_ids[t] for t in indices]
             warnings.warn(
                 f"Equilibrium prices did not converge in {len(failed)} market(s): {failed[:10]}. Their prices are "
                 "the last iterate; see the 'converged' column of compute_merger or pass a different iteration.",
@@ -235,17 +384,56 @@ class SupplyPostEstimation:
         costs: Any = None,
         prices: Any = None,
         iteration: Iteration | None = None,
+        market_id: Any = None,
     ) -> np.ndarray:
-        """Equilibrium prices :math:`p = c + \\zeta(p)` under new ownership and/or costs, ``N x 1``.
+        """Equilibrium prices :math:`p = c + \\zeta(p)` under new ownership and/or costs.
 
         All markets iterate together; each stops on its own (default ``Iteration('simple', {'atol': 1e-12})``).
         Markets that do not converge raise a :class:`~demandkit.exceptions.ConvergenceWarning` naming them.
-        """
-        return self._rows(self._equilibrium(firm_ids, ownership, costs, prices, iteration)[0])
 
-    def compute_long_run_diversion_ratios(self) -> np.ndarray:
-        """Long-run diversion :math:`(s_k^{(-j)} - s_k)/s_j` when product :math:`j` leaves the market, stacked
-        ``N x J_max``; the diagonal holds diversion to the outside good. Logit-kernel models."""
+        Parameters
+        ----------
+        firm_ids : array-like, optional
+            New firm ids (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        ownership : array-like, optional
+            New ownership matrices (``N x J_max``, or ``J_t x J_t`` with ``market_id``).
+        costs : array-like, optional
+            Marginal costs (``N``, or ``J_t`` with ``market_id``); by default the estimated costs.
+        prices : array-like, optional
+            Starting prices (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        iteration : Iteration, optional
+            How to iterate the fixed point.
+        market_id : object, optional
+            One market's id: its prices only (and only its convergence is reported).
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` prices (``J_t x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        firm_ids, ownership = self._widen(market, firm_ids, ownership)
+        costs = self._widen_costs(market, costs)
+        if market is not None and prices is not None:
+            prices = market.expand(prices, self.problem.products["prices"].to_numpy(dtype=np.float64), "prices")
+        stacked = self._rows(self._equilibrium(firm_ids, ownership, costs, prices, iteration, market)[0])
+        return stacked if market is None else market.vector(stacked)
+
+    def compute_long_run_diversion_ratios(self, market_id: Any = None) -> np.ndarray:
+        """Long-run diversion :math:`(s_k^{(-j)} - s_k)/s_j` when product :math:`j` leaves the market; the diagonal
+        holds diversion to the outside good. Logit-kernel models.
+
+        Parameters
+        ----------
+        market_id : object, optional
+            One market's id: its matrix only.
+
+        Returns
+        -------
+        ndarray
+            Stacked ``N x J_max`` matrices (``J_t x J_t`` for one market).
+        """
+        market = select_market(self.problem, market_id)
         model = self.model
         if model.nesting is not None:
             raise SpecificationError("Long-run diversion ratios are implemented for (random-coefficients) logit only.")
@@ -266,46 +454,29 @@ class SupplyPostEstimation:
             outside_ratio = (new_outside - outside.unsqueeze(-1)) / safe
             eye = torch.eye(ratios.shape[-1], dtype=torch.bool, device=ratios.device)
             ratios = torch.where(eye, outside_ratio.unsqueeze(-1).expand_as(ratios), ratios)
-        return self._stack_matrices(ratios)
+        stacked = self._stack_matrices(ratios)
+        return stacked if market is None else market.matrices(stacked)
 
-    def compute_merger(self, firm_ids: Any, costs: Any = None, iteration: Iteration | None = None) -> MergerResults:
-        """Simulate a merger: new ``firm_ids`` (one per product) in; prices, shares, markups, profits, HHI and
-        consumer surplus before and after out, with per-market convergence of the new equilibrium."""
-        p = self.problem
-        new_ids = np.asarray(firm_ids).reshape(-1)
-        if new_ids.shape[0] != p.N:
-            raise InvalidDataError(f"firm_ids must have one entry per product ({p.N}); received {new_ids.shape[0]}.")
-        costs_rows = self.compute_costs() if costs is None else np.asarray(costs, dtype=np.float64).reshape(-1, 1)
-        prices_padded, converged = self._equilibrium(new_ids, None, costs_rows, None, iteration)
-        new_prices = self._rows(prices_padded)
-        old_prices = p.products["prices"].to_numpy(dtype=np.float64).reshape(-1, 1)
-        new_shares = self.compute_shares(prices=new_prices)
-        old_shares = p.shares.reshape(-1, 1)
-        products = pd.DataFrame({"market_ids": p.market_ids_of_rows})
-        if "product_ids" in p.products.columns:
-            products["product_ids"] = p.products["product_ids"].to_numpy()
-        products["firm_ids"] = p.products["firm_ids"].to_numpy()
-        products["merged_firm_ids"] = new_ids
-        products["costs"] = costs_rows[:, 0]
-        products["prices"], products["merged_prices"] = old_prices[:, 0], new_prices[:, 0]
-        products["price_change_percent"] = 100 * (new_prices[:, 0] / old_prices[:, 0] - 1)
-        products["shares"], products["merged_shares"] = old_shares[:, 0], new_shares[:, 0]
-        products["profits"] = ((old_prices - costs_rows) * old_shares)[:, 0]
-        products["merged_profits"] = ((new_prices - costs_rows) * new_shares)[:, 0]
-        old_cs = self.compute_consumer_surpluses()[:, 0]
-        new_cs = self.compute_consumer_surpluses(prices=new_prices)[:, 0]
-        old_hhi = self.compute_hhi()[:, 0]
-        new_hhi = self.compute_hhi(firm_ids=new_ids, shares=new_shares)[:, 0]
-        markets = pd.DataFrame(
-            {
-                "market_ids": p.layout.market_ids,
-                "hhi": old_hhi,
-                "merged_hhi": new_hhi,
-                "hhi_change": new_hhi - old_hhi,
-                "consumer_surplus": old_cs,
-                "merged_consumer_surplus": new_cs,
-                "consumer_surplus_change": new_cs - old_cs,
-                "converged": converged.cpu().numpy(),
-            }
-        )
-        return MergerResults(products, markets)
+    def compute_merger(
+        self, firm_ids: Any, costs: Any = None, iteration: Iteration | None = None, market_id: Any = None
+    ) -> MergerResults:
+        """Simulate a merger: prices, shares, markups, profits, HHI and consumer surplus before and after, with
+        per-market convergence of the new equilibrium.
+
+        Parameters
+        ----------
+        firm_ids : array-like
+            Firm ids after the merger (``N``, or ``J_t`` with ``market_id``).
+        costs : array-like, optional
+            Marginal costs (``N``, or ``J_t`` with ``market_id``); by default the estimated costs.
+        iteration : Iteration, optional
+            How to iterate the new equilibrium (see :meth:`compute_prices`).
+        market_id : object, optional
+            One market's id: the merger in that market only (its rows of both tables).
+
+        Returns
+        -------
+        MergerResults
+            One row per product and one per market.
+        """
+        return MergerResults(*simulate_merger(self, firm_ids, costs, iteration, select_market(self.problem, market_id)))

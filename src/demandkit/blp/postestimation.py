@@ -3,7 +3,8 @@
 Outputs follow PyBLP's stacking: product-level vectors are ``N x 1`` in the user's row order,
 product-by-product matrices are ``N x J_max`` with each market's ``J_t x J_t`` block in its rows and
 NaN beyond ``J_t``, market-level values are ``T x 1`` in sorted market order. ``frame=True`` returns a
-tidy pandas DataFrame indexed by the user's own ids instead.
+tidy pandas DataFrame indexed by the user's own ids instead. ``market_id`` keeps one market's part, as PyBLP
+does (``J_t x 1``, ``J_t x J_t``, ``1 x 1``; see :mod:`demandkit.blp.markets`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.shares import agent_utilities, log_inclusive_values, random_coefficients, share_jacobian
+from .markets import MarketSelection, select_market
 
 
 class DemandPostEstimation:
@@ -113,49 +115,155 @@ class DemandPostEstimation:
             }
         )
 
+    def _prices_of(self, prices: Any, market: MarketSelection | None) -> Any:
+        """``prices`` for all products: one market's ``J_t`` prices widened with the data's elsewhere."""
+        if prices is None or market is None:
+            return prices
+        return market.expand(prices, self.problem.products["prices"].to_numpy(dtype=np.float64), "prices")
+
+    def _vector_output(
+        self, stacked: np.ndarray, name: str, market: MarketSelection | None, frame: bool
+    ) -> np.ndarray | pd.DataFrame:
+        if frame:
+            table = self._frame_vector(stacked, name)
+            return table if market is None else market.frame(table)
+        return stacked if market is None else market.vector(stacked)
+
+    def _matrix_output(
+        self, stacked: np.ndarray, name: str, market: MarketSelection | None, frame: bool
+    ) -> np.ndarray | pd.DataFrame:
+        if frame:
+            table = self._frame_matrices(stacked, name)
+            return table if market is None else market.frame(table)
+        return stacked if market is None else market.matrices(stacked)
+
     # --------------------------------------------------------------- public
-    def compute_probabilities(self, prices: Any = None) -> np.ndarray:
-        """Choice probabilities :math:`P_{ijt}`: ``N x I_max`` (agents in columns, NaN beyond ``I_t``)."""
-        delta, mu, rho, _ = self._state(prices)
+    def compute_probabilities(self, prices: Any = None, market_id: Any = None) -> np.ndarray:
+        """Choice probabilities :math:`P_{ijt}`.
+
+        Parameters
+        ----------
+        prices : array-like, optional
+            Prices at which to evaluate them (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        market_id : object, optional
+            One market's id: its ``J_t x I_t`` block only.
+
+        Returns
+        -------
+        ndarray
+            ``N x I_max`` (agents in columns, NaN beyond ``I_t``), or ``J_t x I_t`` for one market.
+        """
+        market = select_market(self.problem, market_id)
+        delta, mu, rho, _ = self._state(self._prices_of(prices, market))
         probabilities = torch.exp(self.model.probabilities(delta, mu, rho).log_probabilities)
         if self.problem.K2:
             probabilities = torch.where(self.problem.agent_mask.unsqueeze(1), probabilities, torch.nan)
-        return self.problem.layout.unpad(probabilities.cpu().numpy())
+        stacked = self.problem.layout.unpad(probabilities.cpu().numpy())
+        return stacked if market is None else market.agent_matrix(stacked)
 
-    def compute_shares(self, prices: Any = None, frame: bool = False) -> np.ndarray | pd.DataFrame:
-        """Market shares :math:`s_{jt}` (``N x 1``), optionally at new ``prices`` (``N``)."""
-        delta, mu, rho, _ = self._state(prices)
+    def compute_shares(
+        self, prices: Any = None, market_id: Any = None, frame: bool = False
+    ) -> np.ndarray | pd.DataFrame:
+        """Market shares :math:`s_{jt}`, optionally at new ``prices``.
+
+        Parameters
+        ----------
+        prices : array-like, optional
+            Prices at which to evaluate shares (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        market_id : object, optional
+            One market's id: its ``J_t`` shares only.
+        frame : bool, optional
+            Return a tidy DataFrame instead.
+
+        Returns
+        -------
+        ndarray or DataFrame
+            ``N x 1`` shares (``J_t x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        delta, mu, rho, _ = self._state(self._prices_of(prices, market))
         shares = torch.exp(self.model.log_shares(delta, mu, rho))
         stacked = self._stack_vector(torch.where(self.problem.product_mask, shares, 0.0))
-        return self._frame_vector(stacked, "shares") if frame else stacked
+        return self._vector_output(stacked, "shares", market, frame)
 
-    def compute_elasticities(self, name: str = "prices", frame: bool = False) -> np.ndarray | pd.DataFrame:
-        """Elasticities :math:`\\varepsilon_{jk} = (\\partial s_j/\\partial x_k)(x_k/s_j)`, stacked ``N x J_max``."""
+    def compute_elasticities(
+        self, name: str = "prices", market_id: Any = None, frame: bool = False
+    ) -> np.ndarray | pd.DataFrame:
+        """Elasticities :math:`\\varepsilon_{jk} = (\\partial s_j/\\partial x_k)(x_k/s_j)`.
+
+        Parameters
+        ----------
+        name : str, optional
+            The product characteristic :math:`x` (default ``'prices'``).
+        market_id : object, optional
+            One market's id: its ``J_t x J_t`` matrix only.
+        frame : bool, optional
+            Return a long DataFrame of ``(market, j, k)`` instead.
+
+        Returns
+        -------
+        ndarray or DataFrame
+            Stacked ``N x J_max`` matrices (``J_t x J_t`` for one market).
+        """
+        market = select_market(self.problem, market_id)
         jacobian, shares = self._jacobian(name)
         x = self.problem._tensor(self.problem.layout.pad(self.problem.products[name].to_numpy(dtype=np.float64)))
         elasticities = jacobian * x.unsqueeze(-2) / shares.unsqueeze(-1)
-        stacked = self._stack_matrices(elasticities)
-        return self._frame_matrices(stacked, "elasticity") if frame else stacked
+        return self._matrix_output(self._stack_matrices(elasticities), "elasticity", market, frame)
 
-    def compute_diversion_ratios(self, name: str = "prices", frame: bool = False) -> np.ndarray | pd.DataFrame:
-        """Diversion :math:`D_{jk} = -(\\partial s_k/\\partial x_j)/(\\partial s_j/\\partial x_j)`, ``N x J_max``.
+    def compute_diversion_ratios(
+        self, name: str = "prices", market_id: Any = None, frame: bool = False
+    ) -> np.ndarray | pd.DataFrame:
+        """Diversion :math:`D_{jk} = -(\\partial s_k/\\partial x_j)/(\\partial s_j/\\partial x_j)`.
 
         The diagonal holds diversion to the outside good,
         :math:`D_{j0} = \\sum_k (\\partial s_k/\\partial x_j)/(\\partial s_j/\\partial x_j)`.
+
+        Parameters
+        ----------
+        name : str, optional
+            The product characteristic :math:`x` (default ``'prices'``).
+        market_id : object, optional
+            One market's id: its ``J_t x J_t`` matrix only.
+        frame : bool, optional
+            Return a long DataFrame of ``(market, j, k)`` instead.
+
+        Returns
+        -------
+        ndarray or DataFrame
+            Stacked ``N x J_max`` matrices (``J_t x J_t`` for one market).
         """
+        market = select_market(self.problem, market_id)
         jacobian, _ = self._jacobian(name)
         own = torch.diagonal(jacobian, dim1=-2, dim2=-1)
         transposed = jacobian.transpose(-1, -2)
         ratios = -transposed / own.unsqueeze(-1)
         outside = transposed.sum(-1) / own
         ratios = ratios - torch.diag_embed(torch.diagonal(ratios, dim1=-2, dim2=-1)) + torch.diag_embed(outside)
-        stacked = self._stack_matrices(ratios)
-        return self._frame_matrices(stacked, "diversion") if frame else stacked
+        return self._matrix_output(self._stack_matrices(ratios), "diversion", market, frame)
 
-    def compute_consumer_surpluses(self, prices: Any = None, frame: bool = False) -> np.ndarray | pd.DataFrame:
+    def compute_consumer_surpluses(
+        self, prices: Any = None, market_id: Any = None, frame: bool = False
+    ) -> np.ndarray | pd.DataFrame:
         """Expected consumer surplus :math:`CS_t = \\sum_i w_{it} \\log(1 + \\sum_j e^{u_{ijt}}) / \\alpha_{it}`
-        (``T x 1``) with :math:`\\alpha_{it} = -\\partial u_{i1t}/\\partial p_{1t}` as in PyBLP."""
-        delta, mu, rho, coefficients = self._state(prices)
+        with :math:`\\alpha_{it} = -\\partial u_{i1t}/\\partial p_{1t}` as in PyBLP.
+
+        Parameters
+        ----------
+        prices : array-like, optional
+            Prices at which to evaluate utilities (``N``, or ``J_t`` with ``market_id``); by default the data's.
+        market_id : object, optional
+            One market's id: its surplus only.
+        frame : bool, optional
+            Return a DataFrame of markets instead.
+
+        Returns
+        -------
+        ndarray or DataFrame
+            ``T x 1`` surpluses in sorted market order (``1 x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        delta, mu, rho, coefficients = self._state(self._prices_of(prices, market))
         utilities = agent_utilities(delta, mu, self.model.mask)
         nested_rho = rho if self.model.nesting is not None else None
         log_values = log_inclusive_values(utilities, self.model.nesting, nested_rho)
@@ -165,16 +273,48 @@ class DemandPostEstimation:
         surplus = (self.model.weights * log_values / alpha).sum(-1)
         values = surplus.cpu().numpy().reshape(-1, 1)
         if frame:
-            return pd.DataFrame({"market_ids": self.problem.layout.market_ids, "consumer_surplus": values[:, 0]})
-        return values
+            table = pd.DataFrame({"market_ids": self.problem.layout.market_ids, "consumer_surplus": values[:, 0]})
+            return table if market is None else market.frame(table)
+        return values if market is None else market.market(values)
 
-    def extract_diagonals(self, matrices: np.ndarray) -> np.ndarray:
-        """Own effects from stacked matrices: ``N x 1``."""
+    def extract_diagonals(self, matrices: Any, market_id: Any = None) -> np.ndarray:
+        """Own effects (diagonals) of matrices such as elasticities or diversion ratios.
+
+        Parameters
+        ----------
+        matrices : array-like
+            Stacked ``N x J_max`` matrices, or with ``market_id`` that market's ``J_t x J_t`` matrix.
+        market_id : object, optional
+            One market's id: its ``J_t`` diagonal only.
+
+        Returns
+        -------
+        ndarray
+            ``N x 1`` diagonals (``J_t x 1`` for one market).
+        """
+        market = select_market(self.problem, market_id)
+        if market is not None:
+            return np.diagonal(market.square(matrices)).reshape(-1, 1).copy()
         slots = self.problem.layout.slot_of_row
         return np.asarray(matrices)[np.arange(len(slots)), slots].reshape(-1, 1)
 
-    def extract_diagonal_means(self, matrices: np.ndarray) -> np.ndarray:
-        """Market means of own effects: ``T x 1``."""
+    def extract_diagonal_means(self, matrices: Any, market_id: Any = None) -> np.ndarray:
+        """Market means of own effects (diagonals) of matrices such as elasticities or diversion ratios.
+
+        Parameters
+        ----------
+        matrices : array-like
+            Stacked ``N x J_max`` matrices, or with ``market_id`` that market's ``J_t x J_t`` matrix.
+        market_id : object, optional
+            One market's id: its mean only.
+
+        Returns
+        -------
+        ndarray
+            ``T x 1`` means in sorted market order (``1 x 1`` for one market).
+        """
+        if market_id is not None:
+            return self.extract_diagonals(matrices, market_id).mean().reshape(1, 1)
         diagonals = self.extract_diagonals(matrices)[:, 0]
         codes = self.problem.layout.market_of_row
         totals = np.bincount(codes, weights=diagonals, minlength=self.problem.T)
