@@ -21,6 +21,7 @@ from ..device import resolve_device
 from ..exceptions import SpecificationError
 from ..persistence import Persistent
 from . import postestimation
+from .covariance import hessian_eigenvalues, second_order
 from .engine import Engine
 from .specification import COVARIANCE_TYPES, STATE_VARIABLE, CovarianceType, ModelSpecification
 
@@ -43,7 +44,11 @@ class MixedLogitResults(Persistent):
     gradient : Series
         Gradient of the log-likelihood at the estimates.
     hessian : ndarray
-        Its Hessian.
+        Its Hessian, from which the ``'classical'`` and ``'robust'`` covariances are computed.
+    hessian_eigenvalues : ndarray
+        The eigenvalues of ``hessian`` (of its symmetric part), ascending: the second-order check, all negative at
+        a strict local maximum. :meth:`MixedLogit.fit` warns (``ConvergenceWarning``) when they are not, a saddle
+        point say; the summary prints the smallest and largest.
     converged : bool
         Whether the optimizer reported convergence.
     statistics : dict
@@ -129,6 +134,11 @@ class MixedLogitResults(Persistent):
     @property
     def converged(self) -> bool:
         return bool(self.statistics["converged"])
+
+    @property
+    def hessian_eigenvalues(self) -> np.ndarray:
+        """The eigenvalues, ascending, of the Hessian of the log-likelihood at the estimates (see the class)."""
+        return hessian_eigenvalues(self.hessian)
 
     @property
     def random_covariance(self) -> pd.DataFrame:
@@ -217,6 +227,7 @@ class MixedLogitResults(Persistent):
             f"{stats['iterations']}    Evaluations: {stats['evaluations']}    Time: {stats['seconds']:.2f} s",
             f"Gradient: {stats['gradient_method']}    Max |gradient|: {np.abs(self.gradient.to_numpy()).max():.2e}    "
             f"Standard errors: {se_name[self.covariance_type]}",
+            self._second_order_line(),
             "-" * 78,
             f"{'Parameter':<28}{'Estimate':>12}{'Std. Err.':>12}{'z':>10}{'P>|z|':>10}",
             "-" * 78,
@@ -225,6 +236,18 @@ class MixedLogitResults(Persistent):
             lines.append(f"{name[:28]:<28}{estimate:>12.6f}{se:>12.6f}{z:>10.3f}{p:>10.4f}")
         lines.append("=" * 78)
         return "\n".join(lines)
+
+    def _second_order_line(self) -> str:
+        """The summary's line on the Hessian's eigenvalues: the smallest, the largest and what they say."""
+        eigenvalues = self.hessian_eigenvalues
+        if not eigenvalues.size:
+            return "Hessian eigenvalues: none (no parameters)"
+        kind = second_order(eigenvalues)
+        verdict = {"maximum": "all negative: a local maximum", "saddle point": "of both signs: a saddle point"}
+        return (
+            f"Hessian eigenvalues: min {eigenvalues.min():.3e}    max {eigenvalues.max():.3e}    "
+            f"({verdict.get(kind, 'not all negative: not a strict maximum')})"
+        )
 
     def to_frame(self) -> pd.DataFrame:
         """Estimates, standard errors, z statistics and p-values as a DataFrame."""

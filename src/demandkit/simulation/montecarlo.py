@@ -14,7 +14,9 @@ estimates :math:`\\hat\\theta_r` with standard errors :math:`\\hat s_r` over the
 
 The sign of a diagonal element of :math:`\\Sigma` is not identified, so its absolute value is compared with the
 truth's. Replications are independent jobs, run by :class:`concurrent.futures.ProcessPoolExecutor` (``processes=1``
-runs them in this process); the factories must be picklable (module-level functions) for ``processes > 1``.
+runs them in this process) or by any :class:`concurrent.futures.Executor` passed as ``executor`` (a Dask cluster's
+``client.get_executor()``, say); the factories must be picklable (module-level functions) for ``processes > 1`` or an
+executor. Each replication's seed is fixed before it runs, so where it runs does not change its results.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,7 @@ def run(
     alpha: float = 0.05,
     threads: int | None = 1,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Run a Monte Carlo study.
 
@@ -70,6 +73,12 @@ def run(
         torch's default.
     progress : bool
         Show a tqdm progress bar over replications.
+    executor : Executor, optional
+        Where the replications run instead: any :class:`concurrent.futures.Executor` (a Dask cluster's
+        ``client.get_executor()``, say), which the study leaves open. Its workers keep their own torch threads
+        (``threads`` applies to the ``processes`` pool only), and they should be processes, not threads of this one,
+        since each replication records its warnings with :class:`warnings.catch_warnings`. None (the default) runs
+        them as ``processes`` says; pass one or the other.
 
     Returns
     -------
@@ -83,6 +92,14 @@ def run(
         raise SpecificationError(f"replications must be a positive int; received {replications!r}.")
     if isinstance(processes, bool) or not isinstance(processes, (int, np.integer)) or processes < 1:
         raise SpecificationError(f"processes must be a positive int; received {processes!r}.")
+    if executor is not None and not isinstance(executor, Executor):
+        raise SpecificationError(
+            f"executor must be a concurrent.futures.Executor or None; received {type(executor).__name__}."
+        )
+    if executor is not None and processes != 1:
+        raise SpecificationError(
+            f"Pass processes or executor, not both; received processes={processes} and an executor."
+        )
     if not 0 < alpha < 1:
         raise SpecificationError(f"alpha must lie in (0, 1); received {alpha!r}.")
     if not callable(simulation_factory):
@@ -96,21 +113,36 @@ def run(
 
         bar = tqdm(total=replications, desc="Monte Carlo", unit=" replications")
     try:
-        if processes == 1:
+        if executor is not None:
+            _run_on(executor, job, seeds, None, outcomes, bar)
+        elif processes == 1:
             for r, replication_seed in enumerate(seeds):
                 outcomes.append(_replicate(job, r, replication_seed, None))
                 _advance(bar, outcomes)
         else:
             with ProcessPoolExecutor(max_workers=processes, initializer=_initialize, initargs=(threads,)) as pool:
-                futures = [pool.submit(_replicate, job, r, s, threads) for r, s in enumerate(seeds)]
-                for future in as_completed(futures):
-                    outcomes.append(future.result())
-                    _advance(bar, outcomes)
+                _run_on(pool, job, seeds, threads, outcomes, bar)
     finally:
         if bar is not None:
             bar.close()
     outcomes.sort(key=lambda outcome: outcome["replication"])
     return summarize(outcomes, alpha)
+
+
+def _run_on(
+    executor: Executor, job: tuple, seeds: list[int], threads: int | None, outcomes: list[dict[str, Any]], bar: Any
+) -> None:
+    """Submit every replication to ``executor`` and append the outcomes as they finish; the replications not yet
+    started are cancelled if one cannot be collected (a worker lost, say)."""
+    futures: list[Future] = []
+    try:
+        futures = [executor.submit(_replicate, job, r, s, threads) for r, s in enumerate(seeds)]
+        for future in as_completed(futures):
+            outcomes.append(future.result())
+            _advance(bar, outcomes)
+    finally:
+        for future in futures:
+            future.cancel()
 
 
 def _advance(bar: Any, outcomes: list[dict[str, Any]]) -> None:
