@@ -45,10 +45,6 @@ class MixedLogitResults(Persistent):
         Gradient of the log-likelihood at the estimates.
     hessian : ndarray
         Its Hessian, from which the ``'classical'`` and ``'robust'`` covariances are computed.
-    hessian_eigenvalues : ndarray
-        The eigenvalues of ``hessian`` (of its symmetric part), ascending: the second-order check, all negative at
-        a strict local maximum. :meth:`MixedLogit.fit` warns (``ConvergenceWarning``) when they are not, a saddle
-        point say; the summary prints the smallest and largest.
     converged : bool
         Whether the optimizer reported convergence.
     statistics : dict
@@ -137,7 +133,9 @@ class MixedLogitResults(Persistent):
 
     @property
     def hessian_eigenvalues(self) -> np.ndarray:
-        """The eigenvalues, ascending, of the Hessian of the log-likelihood at the estimates (see the class)."""
+        """The eigenvalues of ``hessian`` (of its symmetric part), ascending: the second-order check, all negative at
+        a strict local maximum. :meth:`MixedLogit.fit` warns (``ConvergenceWarning``) when they are not, a saddle
+        point say; the summary prints the smallest and largest."""
         return hessian_eigenvalues(self.hessian)
 
     @property
