@@ -21,6 +21,7 @@ executor. Each replication's seed is fixed before it runs, so where it runs does
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import traceback
 import warnings
@@ -120,7 +121,10 @@ def run(
                 outcomes.append(_replicate(job, r, replication_seed, None))
                 _advance(bar, outcomes)
         else:
-            with ProcessPoolExecutor(max_workers=processes, initializer=_initialize, initargs=(threads,)) as pool:
+            context = multiprocessing.get_context("forkserver")  # not fork: see demandkit.multistart.WORKER_CONTEXT
+            with ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_initialize, initargs=(threads,)
+            ) as pool:
                 _run_on(pool, job, seeds, threads, outcomes, bar)
     finally:
         if bar is not None:
