@@ -69,10 +69,8 @@ _ESTIMATOR = "demandkit.multistart.estimator"
 
 Fit = Callable[[Any, Mapping[str, Any]], Any]
 
+# not fork: a worker forked after torch's OpenMP threads ran here could hang in torch.linalg.eigh (3 runs in 10)
 WORKER_CONTEXT = multiprocessing.get_context("forkserver")
-"""How the default pool starts its workers: forked from a clean server process, not from this one. A worker forked
-after torch ran OpenMP threads here can hang in its first threaded kernel (seen: ``torch.linalg.eigh`` at 100% CPU,
-3 runs in 10), so the default pool never forks the caller."""
 
 
 @dataclass(frozen=True)
@@ -317,11 +315,8 @@ def _run_on(
     executor: Executor | None, workers: int, payload: bytes, starts: Sequence[Mapping[str, Any]], bar: Any
 ) -> list[Outcome]:
     own = executor is None
-    pool = (
-        ProcessPoolExecutor(workers, mp_context=WORKER_CONTEXT, initializer=_initialize, initargs=(1,))
-        if own
-        else executor
-    )
+    context = {"mp_context": WORKER_CONTEXT, "initializer": _initialize, "initargs": (1,)}
+    pool = ProcessPoolExecutor(workers, **context) if own else executor
     futures: list[Future] = []
     try:
         futures = [pool.submit(_solve, payload, None, i, dict(a), os.getpid()) for i, a in enumerate(starts)]
