@@ -262,7 +262,7 @@ def _starting_delta(problem: Any, delta: Any) -> Tensor:
     values = np.asarray(delta, dtype=np.float64).reshape(-1)
     if values.shape[0] != problem.N or not np.isfinite(values).all():
         raise SpecificationError(f"delta must hold {problem.N} finite starting values, one per product.")
-    return torch.as_tensor(problem.layout.pad(values), dtype=problem.dtype, device=problem.device)
+    return problem.padded(values)
 
 
 def _initial_W(problem: Any, system: StackedSystem, W: Any) -> Tensor:

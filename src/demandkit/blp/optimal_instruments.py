@@ -246,10 +246,6 @@ class _State:
         linear = linear_in_prices(p)
         return cls(results, space, theta, beta, concentrated, sigma, pi, rho, delta, xi, omega, tilde, linear)
 
-    def _pad(self, values: np.ndarray) -> Tensor:
-        p = self.results.problem
-        return torch.as_tensor(p.layout.pad(values), dtype=p.dtype, device=p.device)
-
     def _rows(self, padded: Tensor) -> np.ndarray:
         return self.results.problem.layout.unpad(padded.detach().cpu().numpy()).astype(np.float64)
 
@@ -266,7 +262,7 @@ class _State:
             coefficients=model.coefficients(self.sigma, self.pi),
             rho=self.rho,
             beta=self.beta,
-            base_delta=self._pad(delta),
+            base_delta=self.results.problem.padded(delta),
             base_prices=p.prices_padded,
             linear=self.linear,
         )
@@ -279,9 +275,11 @@ class _State:
                 tilde = self.tilde_costs - self.omega + omega
                 costs = np.exp(tilde) if p.costs_type == "log" else tilde
             if expected is not None:
-                prices = self._pad(expected)
+                prices = self.results.problem.padded(expected)
             else:
-                result = solve_equilibrium(demand, self._pad(costs), p.prices_padded, p.ownership_padded, iteration)
+                result = solve_equilibrium(
+                    demand, self.results.problem.padded(costs), p.prices_padded, p.ownership_padded, iteration
+                )
                 prices = result.values
                 converged = result.converged.cpu().numpy()
                 counts, evaluations = result.iterations.cpu().numpy(), result.evaluations.cpu().numpy()
@@ -369,7 +367,6 @@ def _realized_problem(problem: Any, demand: PriceDemand, prices: Tensor, shares:
     price_rows = layout.unpad(prices.detach().cpu().numpy())
     share_rows = layout.unpad(shares.detach().cpu().numpy())
     frame = problem.products.assign(prices=price_rows, shares=share_rows)
-    kwargs = {"dtype": problem.dtype, "device": problem.device}
     mask = problem.product_mask
     realized.prices_padded = torch.where(mask, prices, 0.0)
     realized.log_market_shares = torch.log(torch.where(mask, shares, 1.0))
@@ -377,10 +374,10 @@ def _realized_problem(problem: Any, demand: PriceDemand, prices: Tensor, shares:
     realized.X1_realized = X1_formulation.build_matrix(frame)[0]
     realized.X3_realized = X3_formulation.build_matrix(frame)[0] if X3_formulation is not None else None
     if problem.K2:
-        realized.X2_padded = torch.as_tensor(layout.pad(X2_formulation.build_matrix(frame)[0]), **kwargs)
+        realized.X2_padded = problem.padded(X2_formulation.build_matrix(frame)[0])
     if not demand.linear:
-        realized.dX1_padded = torch.as_tensor(layout.pad(X1_formulation.derivative_matrix(frame, "prices")), **kwargs)
+        realized.dX1_padded = problem.padded(X1_formulation.derivative_matrix(frame, "prices"))
         if problem.K2:
             derivative = X2_formulation.derivative_matrix(frame, "prices")
-            realized.dX2_padded = torch.as_tensor(layout.pad(derivative), **kwargs)
+            realized.dX2_padded = problem.padded(derivative)
     return realized

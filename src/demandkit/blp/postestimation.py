@@ -56,9 +56,9 @@ class DemandPostEstimation:
             frame["prices"] = np.asarray(prices, dtype=np.float64).reshape(-1)
             X1_new = p.product_formulations[0].build_matrix(frame)[0]
             change = (X1_new - p.design.X1_raw) @ self.beta.reshape(-1)
-            delta = delta + p._tensor(p.layout.pad(change))
+            delta = delta + p.padded(change)
             if p.K2:
-                X2 = p._tensor(p.layout.pad(p.product_formulations[1].build_matrix(frame)[0]))
+                X2 = p.padded(p.product_formulations[1].build_matrix(frame)[0])
         mu = None if coefficients is None else torch.einsum("tjk,tik->tji", X2, coefficients)
         return delta, mu, rho, coefficients
 
@@ -66,9 +66,9 @@ class DemandPostEstimation:
         """:math:`\\partial u_{ijt}/\\partial x_{jt}`, ``[T, J, I]``."""
         p = self.problem
         dX1 = p.product_formulations[0].derivative_matrix(p.products, name) @ self.beta.reshape(-1)
-        derivatives = p._tensor(p.layout.pad(dX1)).unsqueeze(-1)
+        derivatives = p.padded(dX1).unsqueeze(-1)
         if p.K2:
-            dX2 = p._tensor(p.layout.pad(p.product_formulations[1].derivative_matrix(p.products, name)))
+            dX2 = p.padded(p.product_formulations[1].derivative_matrix(p.products, name))
             derivatives = derivatives + torch.einsum("tjk,tik->tji", dX2, coefficients)
         return derivatives.expand(-1, -1, self.model.weights.shape[1])
 
@@ -207,7 +207,7 @@ class DemandPostEstimation:
         """
         market = select_market(self.problem, market_id)
         jacobian, shares = self._jacobian(name)
-        x = self.problem._tensor(self.problem.layout.pad(self.problem.products[name].to_numpy(dtype=np.float64)))
+        x = self.problem.padded(self.problem.products[name].to_numpy(dtype=np.float64))
         elasticities = jacobian * x.unsqueeze(-2) / shares.unsqueeze(-1)
         return self._matrix_output(self._stack_matrices(elasticities), "elasticity", market, frame)
 
