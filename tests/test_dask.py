@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from _synthetic import simulate
+from test_multistart import lognormal_model
 from test_simulation import monte_carlo_design
 
 import demandkit as dk
 from demandkit import montecarlo
 from demandkit.exceptions import SpecificationError
-from demandkit.mixed_logit import MixedLogit, simulate_panel
+from demandkit.mixed_logit import MixedLogit
 
 #: the multi-start options of both estimators: three fixed starts, no distinct-optima warning (rtol=1)
 OPTIONS = {"seed": 3, "rtol": 1.0}
@@ -56,17 +57,7 @@ def problem() -> dk.Problem:
 
 @pytest.fixture(scope="module")
 def model() -> MixedLogit:
-    sim = simulate_panel(200, 4, 3, {"price": ("lognormal", 0.0, 1.0), "quality": ("normal", 1.0, 1.0)}, seed=1)
-    return MixedLogit(
-        dk.Formulation("0 + price + quality"),
-        sim.data,
-        "chosen",
-        "situation",
-        "individual",
-        "alternative",
-        random={"price": "lognormal", "quality": "normal"},
-        integration=dk.Integration("halton", 50, {"seed": 0}),
-    )
+    return lognormal_model(200, 4, 50, seed=1)
 
 
 def _agree(dask: Any, local: Any, value: str) -> None:

@@ -30,9 +30,10 @@ BLP_BEST, BLP_LOCAL = 0.1235244, 0.1525674
 BLP_FIXED = {"method": "1s", "check_optimality": "gradient"}
 
 
-@pytest.fixture(scope="module")
-def model() -> MixedLogit:
-    sim = simulate_panel(300, 5, 3, {"price": ("lognormal", 0.0, 1.0), "quality": ("normal", 1.0, 1.0)}, seed=0)
+def lognormal_model(individuals: int, situations: int, draws: int, seed: int) -> MixedLogit:
+    """A mixed logit with a lognormal price and a normal quality coefficient: several optima at these sizes."""
+    coefficients = {"price": ("lognormal", 0.0, 1.0), "quality": ("normal", 1.0, 1.0)}
+    sim = simulate_panel(individuals, situations, 3, coefficients, seed=seed)
     return MixedLogit(
         dk.Formulation("0 + price + quality"),
         sim.data,
@@ -41,8 +42,13 @@ def model() -> MixedLogit:
         "individual",
         "alternative",
         random={"price": "lognormal", "quality": "normal"},
-        integration=dk.Integration("halton", 100, {"seed": 0}),
+        integration=dk.Integration("halton", draws, {"seed": 0}),
     )
+
+
+@pytest.fixture(scope="module")
+def model() -> MixedLogit:
+    return lognormal_model(300, 5, 100, seed=0)
 
 
 @pytest.fixture(scope="module")
