@@ -242,6 +242,7 @@ class Economy:
             self.agent_market_ids = markets
             return
         frame = as_frame(agent_data, "agent_data") if agent_data is not None else None
+        self.agent_frame = frame  # micro moments' callbacks may read its columns
         if frame is None and self.integration is None:
             raise SpecificationError("A random-coefficients problem needs agent_data with nodes or an integration.")
         if frame is not None:

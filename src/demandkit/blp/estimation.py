@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,13 @@ import torch
 from torch import Tensor
 
 from ..configurations.iteration import Iteration
+from ..configurations.micro import MicroMoment
 from ..configurations.optimization import Optimization, OptimizationResult
 from ..configurations.options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
 from ..exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
 from ..kernels.gmm import invert, moment_covariances, parameter_covariances
 from .demand import DemandModel
+from .micro import MicroMoments
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
@@ -93,7 +95,7 @@ def solve(
     delta: Any = None,
     W: Any = None,
     method: str = "2s",
-    initial_update: bool = False,
+    initial_update: bool | None = None,
     optimization: Optimization | None = None,
     iteration: Iteration | None = None,
     costs_bounds: Any = None,
@@ -103,6 +105,8 @@ def solve(
     center_moments: bool = True,
     check_optimality: str = "both",
     progress: bool = False,
+    micro_moments: Sequence[MicroMoment] = (),
+    micro_sample_covariances: Any = None,
 ) -> Any:
     """Estimate the problem by one- or two-step GMM, with PyBLP's arguments and defaults.
 
@@ -121,10 +125,13 @@ def solve(
         Starting mean utilities (``N``); the logit's :math:`\\log s_j - \\log s_0` by default.
     W : array-like, optional
         Starting weighting matrix; block-diagonal :math:`(Z_D'Z_D/N)^{-1}`, :math:`(Z_S'Z_S/N)^{-1}` by default.
+        With micro moments it is ``(M_D + M_S + M_M)`` square, the micro block last.
     method : {'1s', '2s'}
         One-step or two-step GMM (the second step uses :math:`W = S^{-1}` from the first).
-    initial_update : bool
-        Update ``W`` at the starting values before the first step.
+    initial_update : bool, optional
+        Update ``W`` (and the starting delta) at the starting values before the first step. By default only with
+        micro moments and no ``W``, whose micro block is then :math:`S_M^{-1}` at the starting values (PyBLP's
+        default); ``False`` is an error then.
     optimization : Optimization, optional
         Default ``Optimization('l-bfgs-b', {'ftol': 0, 'gtol': 1e-8})``, PyBLP's.
     iteration : Iteration, optional
@@ -144,6 +151,14 @@ def solve(
         results' ``hessian``, ``reduced_hessian`` and ``reduced_hessian_eigenvalues``. ``'gradient'`` skips it.
     progress : bool
         Show a progress bar over optimizer evaluations.
+    micro_moments : sequence of MicroMoment, optional
+        Micro moments (:mod:`demandkit.configurations.micro`) stacked after the aggregate moments:
+        :math:`\bar g_M = f(\bar v) - f(v(\theta))`, with covariance :math:`S_M = F S_P F'` (:mod:`.micro`) in
+        the micro block of :math:`S` for the weighting matrix and the standard errors; zero covariance with the
+        aggregate moments.
+    micro_sample_covariances : array-like, optional
+        ``M_M x M_M`` covariance of the micro moments to use instead of :math:`S_M` (say, bootstrapped from the
+        micro data).
 
     Returns
     -------
@@ -181,23 +196,35 @@ def solve(
         beta_bounds=beta_bounds,
         gamma_bounds=gamma_bounds,
     )
-    _check_identification(problem, space)
+    _check_identification(problem, space, len(micro_moments))
     bounds = _costs_bounds(costs_bounds)
     model = DemandModel(problem).fix_nodes(space.sigma0)
     start = _starting_delta(problem, delta)
     system = StackedSystem.build(problem, space)
-    W_current = _initial_W(problem, system, W)
+    micro = MicroMoments(problem, micro_moments, micro_sample_covariances) if len(micro_moments) else None
+    if micro is not None and W is None:
+        if initial_update is False:
+            raise SpecificationError(
+                "With micro moments and no W, the micro block of the weighting matrix is the inverse of the micro "
+                "moments' covariances at the starting values: initial_update cannot be False (give W instead)."
+            )
+        initial_update = True
+    W_current = _initial_W(problem, system, W, micro)
     theta = space.theta0
     total_start = time.perf_counter()
     if initial_update:
         objective = GMMObjective(
-            problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds
+            problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds, micro
         )
-        W_current = _updated_W(problem, system, objective.evaluate(theta, gradient=False), W_type, center_moments)
+        initial = objective.evaluate(theta, gradient=False)
+        W_current = _updated_W(problem, system, initial, W_type, center_moments, objective=objective)
+        start = torch.where(problem.product_mask, initial.delta, 0.0)
     steps: list[StepResult] = []
     for step in range(1, (2 if method == "2s" else 1) + 1):
         stats = EvaluationStats()
-        objective = GMMObjective(problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds)
+        objective = GMMObjective(
+            problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds, micro
+        )
         optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
         evaluation = objective.evaluate_or_recall(optimized.x)
         if not (np.isfinite(evaluation.objective) and np.isfinite(evaluation.gradient).all()):
@@ -209,7 +236,9 @@ def solve(
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
         last_step = step == (2 if method == "2s" else 1)
-        W_current = _updated_W(problem, system, evaluation, W_type, center_moments, used=not last_step)
+        W_current = _updated_W(
+            problem, system, evaluation, W_type, center_moments, used=not last_step, objective=objective
+        )
     covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
     hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
     return ProblemResults(
@@ -226,10 +255,11 @@ def solve(
         seconds=time.perf_counter() - total_start,
         costs_bounds=bounds,
         hessian=hessian,
+        micro=micro,
     )
 
 
-def _check_identification(problem: Any, space: ParameterSpace) -> None:
+def _check_identification(problem: Any, space: ParameterSpace, micro: int = 0) -> None:
     if problem.K3 and problem.ownership_padded is None:
         raise SpecificationError("A supply side needs firm_ids (or ownership columns) in product_data.")
     if problem.K3:
@@ -240,12 +270,13 @@ def _check_identification(problem: Any, space: ParameterSpace) -> None:
                 f"With a supply side, markups depend on the coefficients on {missing}, so they cannot be "
                 "concentrated out: give them starting values in beta (NaN for the other elements)."
             )
-    moments = problem.MD + problem.MS
+    moments = problem.MD + problem.MS + micro
     linear = len(space.eliminated_beta) + len(space.eliminated_gamma)
     if moments < linear + space.P:
         raise SpecificationError(
             f"The model is under-identified: {moments} moments (instruments, including exogenous X1 and X3 "
-            f"columns) for {linear} linear and {space.P} nonlinear parameters. Add instruments."
+            f"columns, and any micro moments) for {linear} linear and {space.P} nonlinear parameters. Add "
+            "instruments or micro moments."
         )
 
 
@@ -265,10 +296,12 @@ def _starting_delta(problem: Any, delta: Any) -> Tensor:
     return problem.padded(values)
 
 
-def _initial_W(problem: Any, system: StackedSystem, W: Any) -> Tensor:
-    M = problem.MD + problem.MS
+def _initial_W(problem: Any, system: StackedSystem, W: Any, micro: MicroMoments | None = None) -> Tensor:
+    M = problem.MD + problem.MS + (micro.M if micro is not None else 0)
     if W is None:
         blocks = [invert(Z.T @ Z / problem.N)[0] for Z in system.instruments(problem)]
+        if micro is not None:  # replaced by the initial update before it weights anything
+            blocks.append(torch.eye(micro.M, dtype=problem.dtype, device=problem.device))
         return torch.block_diag(*blocks)
     matrix = torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=problem.dtype, device=problem.device)
     if matrix.shape != (M, M):
@@ -281,13 +314,23 @@ def _residuals(evaluation: Evaluation) -> list[Tensor]:
 
 
 def _updated_W(
-    problem: Any, system: StackedSystem, evaluation: Evaluation, W_type: str, center: bool, used: bool = True
+    problem: Any,
+    system: StackedSystem,
+    evaluation: Evaluation,
+    W_type: str,
+    center: bool,
+    used: bool = True,
+    objective: GMMObjective | None = None,
 ) -> Tensor:
-    """:math:`W = S^{-1}` (pseudo-inverse if singular; a warning if it will weight a further step)."""
+    """:math:`W = S^{-1}` (pseudo-inverse if singular; a warning if it will weight a further step); with micro
+    moments block-diagonal, :math:`S_M^{-1}` in the micro block."""
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes, center
     )
     W, singular = invert(S)
+    if objective is not None and objective.micro is not None:
+        micro_W, micro_singular = invert(objective.micro_covariances(evaluation))
+        W, singular = torch.block_diag(W, micro_W), singular or micro_singular
     if singular and used:
         warnings.warn(
             "The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
@@ -336,6 +379,8 @@ def _covariances(
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes, center
     )
+    if objective.micro is not None:
+        S = torch.block_diag(S, objective.micro_covariances(evaluation))
     if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(S).all())):
         raise _numerical_failure(
             problem, f"The moments' Jacobian or covariance is not finite{_where(problem, evaluation)}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from ..configurations.iteration import Iteration
 from ..kernels.absorption import Absorb
 from ..kernels.gmm import LinearIV
 from .demand import DemandModel
+from .micro import MicroMoments
 from .parameters import ParameterSpace
 from .supply import SupplyModel
 
@@ -70,6 +71,21 @@ class Evaluation:
     converged: Tensor  # [T]
     iterations: Tensor
     evaluations: Tensor
+    micro_values: np.ndarray | None = None  # [M_M] f_m(v) of the micro moments
+    micro_parts: Tensor | None = None  # [P] the micro parts v_p
+
+
+class Structural(NamedTuple):
+    """What :meth:`GMMObjective.structural` computes at :math:`\\theta` (differentiable where it says so)."""
+
+    y: Tensor  # stacked left-hand sides, differentiable
+    inversion: Any
+    delta_rows: Tensor
+    costs: Tensor | None
+    clipped: int
+    micro: Tensor | None  # [M_M] f_m(v(theta)), differentiable (first-order surrogate)
+    micro_values: np.ndarray | None
+    micro_parts: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,12 @@ RECALLED = 4
 
 
 class GMMObjective:
-    """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start."""
+    """The objective :math:`q(\\theta)` at a fixed weighting matrix, with the inversion's warm start.
+
+    With micro moments the moments are :math:`\\bar g = (\\bar g_D, \\bar g_S, f(\\bar v) - f(v(\\theta)))` and ``W``
+    covers all of them; the concentrated linear parameters use its upper-left (aggregate) block, as micro moments
+    do not depend on them.
+    """
 
     def __init__(
         self,
@@ -113,12 +134,16 @@ class GMMObjective:
         delta_behavior: str,
         stats: EvaluationStats,
         costs_bounds: tuple[float, float],
+        micro: MicroMoments | None = None,
     ) -> None:
         self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
         self.supply = SupplyModel(problem, model) if problem.K3 else None
         self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
         self.system = StackedSystem.build(problem, space)
-        self.iv = LinearIV.build(self.system.X, self.system.Z, W)
+        self.micro = micro
+        self.W = W
+        aggregate = self.system.Z.shape[1]
+        self.iv = LinearIV.build(self.system.X, self.system.Z, W[:aggregate, :aggregate])
         self.start = delta_start
         self.delta_behavior = delta_behavior
         self.stats = stats
@@ -130,16 +155,41 @@ class GMMObjective:
     def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
         return Absorb.apply(rows, codes, counts) if codes else rows
 
-    def structural(self, theta: Tensor) -> tuple[Tensor, Any, Tensor, Tensor | None, int]:
-        """Left-hand sides of the stacked system at ``theta``: ``(y, inversion, delta_rows, costs, clipped)``."""
+    def probabilities(self, delta: Tensor, sigma: Tensor, pi: Tensor, rho: Tensor, mu: Tensor | None = None) -> Tensor:
+        """Choice probabilities ``[T, I, 1 + J]`` (outside option first) at ``delta``, differentiable."""
+        if mu is None and self.problem.K2:
+            mu = self.model.mu(sigma, pi)
+        inside = torch.exp(self.model.probabilities(delta, mu, rho).log_probabilities)
+        return self.micro.choice_probabilities(torch.where(self.problem.product_mask.unsqueeze(-1), inside, 0.0))
+
+    def _micro(self, inversion: Any, sigma: Tensor, pi: Tensor, rho: Tensor) -> tuple:
+        if self.micro is None:
+            return None, None, None
+        probabilities = self.probabilities(inversion.delta, sigma, pi, rho, inversion.mu)
+        parts = self.micro.part_values(probabilities, self.model.weights)
+        f, values, _ = self.micro.surrogate(parts)
+        return f, values, parts.detach()
+
+    def micro_covariances(self, evaluation: Evaluation) -> Tensor:
+        """:math:`S_M` at an evaluation (or the given sample covariances)."""
+        assert self.micro is not None
+        with torch.no_grad():
+            theta = torch.as_tensor(evaluation.theta, dtype=self.problem.dtype, device=self.problem.device)
+            sigma, pi, rho = self.space.unpack(theta)
+            probabilities = self.probabilities(evaluation.delta, sigma, pi, rho)
+            return self.micro.covariances(probabilities, self.model.weights)
+
+    def structural(self, theta: Tensor) -> Structural:
+        """Left-hand sides of the stacked system at ``theta``, and the micro statistics."""
         p = self.problem
         sigma, pi, rho = self.space.unpack(theta)
         beta, gamma = self.space.unpack_linear(theta)
         inversion = self.model.invert(sigma, pi, rho, self.start, self.iteration.method, self.iteration.options)
         delta_rows = self._absorb(inversion.delta[p.rows_market, p.rows_slot], p.absorb_codes, p.absorb_counts)
         y = delta_rows - p.X1_tensor @ beta
+        micro = self._micro(inversion, sigma, pi, rho)
         if self.supply is None:
-            return y, inversion, delta_rows, None, 0
+            return Structural(y, inversion, delta_rows, None, 0, *micro)
         markups = self.supply.markups(
             inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares, inversion=inversion
         )
@@ -150,7 +200,21 @@ class GMMObjective:
         transformed = torch.log(bounded) if p.costs_type == "log" else bounded
         transformed = self._absorb(transformed, p.supply_absorb_codes, p.supply_absorb_counts)
         y_supply = transformed - p.X3_tensor @ gamma
-        return torch.cat([y, y_supply]), inversion, delta_rows, costs, clipped
+        return Structural(torch.cat([y, y_supply]), inversion, delta_rows, costs, clipped, *micro)
+
+    def moments(self, residuals: Tensor, micro: Tensor | None) -> Tensor:
+        """:math:`\\bar g`: the aggregate moments :math:`Z'u/N`, then the micro moments :math:`f(\\bar v) - f(v)`."""
+        aggregate = self.system.Z.T @ residuals / self.problem.N
+        if micro is None:
+            return aggregate
+        return torch.cat([aggregate, self.micro.observed - micro])
+
+    def value(self, residuals: Tensor, micro: Tensor | None) -> Tensor:
+        """:math:`q = N\\bar g'W\\bar g`."""
+        if micro is None:
+            return self.iv.objective(residuals, self.problem.N)
+        g = self.moments(residuals, micro)
+        return self.problem.N * g @ self.W @ g
 
     def full_linear(self, theta: Tensor, eliminated: Tensor) -> tuple[Tensor, Tensor]:
         """``beta [K1]`` and ``gamma [K3]`` combining theta's elements with the concentrated ones."""
@@ -168,9 +232,9 @@ class GMMObjective:
         # a writable copy: scipy hands a read-only array when every bound is an equality, which torch warns about
         theta = torch.as_tensor(np.array(theta_values, dtype=np.float64), dtype=p.dtype, device=p.device)
         theta.requires_grad_(gradient and theta.numel() > 0)
-        y, inversion, delta_rows, costs, clipped = self.structural(theta)
+        y, inversion, delta_rows, costs, clipped, micro, micro_values, micro_parts = self.structural(theta)
         eliminated, residuals = self.iv.residuals(y)
-        objective = self.iv.objective(residuals, p.N)
+        objective = self.value(residuals, micro)
         if theta.requires_grad:
             (grad,) = torch.autograd.grad(objective, theta)
         else:
@@ -206,6 +270,8 @@ class GMMObjective:
             result.converged,
             result.iterations,
             result.evaluations,
+            micro_values,
+            micro_parts,
         )
 
     def evaluate_or_recall(self, theta_values: np.ndarray) -> Evaluation:
@@ -246,13 +312,15 @@ class GMMObjective:
         N = p.N
         Z, X = self.system.Z, self.system.X
         concentrated = -Z.T @ X / N
+        if self.micro is not None:  # micro moments do not depend on the linear parameters
+            concentrated = torch.cat([concentrated, concentrated.new_zeros((self.micro.M, X.shape[1]))])
         P = evaluation.theta.size
         if P == 0:
             return concentrated
         self.start = torch.where(p.product_mask, evaluation.delta, 0.0)
         theta = torch.as_tensor(evaluation.theta, dtype=p.dtype, device=p.device).clone().requires_grad_(True)
-        y = self.structural(theta)[0]
-        moments = Z.T @ y / N
+        structural = self.structural(theta)
+        moments = self.moments(structural.y, structural.micro)
         rows = [
             torch.autograd.grad(moments[m], theta, retain_graph=m + 1 < moments.shape[0])[0]
             for m in range(moments.shape[0])  # a loop over moments (post-estimation only)

@@ -19,6 +19,7 @@ from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
 from .inference import SpecificationTests, mean_moments
+from .micro_results import compute_micro_values
 from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
 from .summary import format_results
@@ -84,8 +85,10 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         seconds: float,
         costs_bounds: tuple[float, float] = (-np.inf, np.inf),
         hessian: np.ndarray | None = None,
+        micro: Any = None,
     ) -> None:
         self.problem = problem
+        self._micro = micro
         self.model = DemandModel(problem).fix_nodes(space.sigma0)
         self._space = space
         self._steps = steps
@@ -152,8 +155,22 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         self.sigma_se, self.pi_se, self.rho_se, self.beta_se, self.gamma_se = _standard_errors(space, se)
         self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
         self.moments = mean_moments(problem, self.xi, self.omega)
+        self.micro_values = np.zeros((0, 1))
+        self.micro_moments = []
+        if micro is not None:
+            self.micro_moments = list(micro.moments)
+            self.micro_values = np.asarray(evaluation.micro_values, dtype=np.float64).reshape(-1, 1)
+            observed = _numpy(micro.observed).reshape(-1, 1)
+            self.moments = np.vstack([self.moments, observed - self.micro_values])
         self.clipped_costs = int(evaluation.clipped_costs)
         self.first_stage = first_stage(problem)
+
+    def compute_micro_values(self, micro_moments: Any) -> np.ndarray:
+        """Micro moment values :math:`f_m(v)` at the estimates, ``M_M x 1`` (the moments' ``value`` is ignored).
+
+        See :func:`demandkit.blp.micro_results.compute_micro_values`.
+        """
+        return compute_micro_values(self, micro_moments)
 
     def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> OptimalInstrumentResults:
         """Chamberlain (1987) optimal instruments.

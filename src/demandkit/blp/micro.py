@@ -1,0 +1,449 @@
+"""Micro moments on a problem's tensors: survey weights and values laid out once, part values for every market at
+once, the micro statistics, their gradients and covariances (Conlon and Gortmaker 2025; PyBLP's definitions).
+
+Set-up calls each dataset's ``compute_weights`` and each part's ``compute_values`` once per market (the only
+per-market Python, outside estimation) and pads the results to ``[T_d, I, 1 + J]`` tensors, the outside option in
+column 0, or ``[T_d, I, 1 + J, 1 + J]`` with second choices. With choice probabilities :math:`s_{ijt}(\\theta)`
+and agent weights :math:`w_{it}`, the joint sampling weights of dataset :math:`d` are
+:math:`q_{ijt} = w_{it} s_{ijt} w_{dijt}` (with second choices
+:math:`q_{ijkt} = w_{it} s_{ijt} s_{ik(-h(j))t} w_{dijkt}`), and every part is one contraction,
+
+.. math::
+
+    v_p = \\frac{\\sum q\\, v_p}{\\sum q}, \\qquad
+    S_{P,pq} = \\frac{N}{N_d} \\frac{\\sum q\\,(v_{p\\cdot} - v_p)(v_{q\\cdot} - v_q)}{\\sum q}
+    \\quad (d_p = d_q = d),
+
+differentiable in :math:`\\theta` through :math:`s(\\delta(\\theta), \\theta)` and the implicit function theorem.
+A micro statistic :math:`f_m(v)` is evaluated in float64 NumPy with the user's ``compute_value``; its gradient
+:math:`F = \\partial f/\\partial v` comes from ``compute_gradient`` or, if not given, from autograd through
+``compute_value`` on a tensor. The objective uses the first-order surrogate :math:`f_m(v) + F_m(v - \\text{stop}(v))`,
+exact in value and gradient. The micro moments' covariance is :math:`S_M = F S_P F'`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..configurations.micro import MicroDataset, MicroMoment, MicroPart
+from ..exceptions import SpecificationError
+from ..kernels.gmm import invert
+from ..layout.validation import numbered_columns
+
+
+class Records:
+    """One market's products or agents as PyBLP hands them to micro callbacks: attributes ``X2``, ``prices``,
+    ``demographics``, ... (matrices with one row per product or agent) and ``size``; ``records['column']`` reads
+    any column of the user's table."""
+
+    def __init__(self, size: int, fields: dict[str, Any], frame: Any = None) -> None:
+        self.size = size
+        self._fields = fields
+        self._frame = frame
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._fields:
+            return self._fields[name]
+        if self._frame is not None and name in self._frame.columns:
+            return self._frame[name].to_numpy()
+        raise KeyError(f"No field or column {name!r}.")
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _column(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    if values is None:
+        return None
+    values = np.asarray(values)
+    taken = values[rows]
+    return taken.reshape(len(rows), -1) if taken.ndim == 1 else taken
+
+
+def market_products(problem: Any, t: int) -> Records:
+    """The products of market index ``t`` (in the order of ``product_data``)."""
+    layout = problem.layout
+    rows = layout.rows[t, layout.mask[t]]
+    frame = problem.products.iloc[rows]
+    fields: dict[str, Any] = {
+        "market_ids": _column(problem.market_ids_of_rows, rows),
+        "shares": _column(problem.shares, rows),
+        "X1": _column(problem.design.X1_raw, rows),
+        "X2": _column(problem.design.X2, rows),
+        "ZD": _column(problem.design.ZD, rows),
+        "X3": _column(getattr(problem, "X3_raw", problem.X3), rows),
+        "ZS": _column(problem.ZS, rows),
+    }
+    for name in ("prices", "firm_ids", "clustering_ids", "nesting_ids"):
+        if name in frame.columns:
+            fields[name] = frame[name].to_numpy().reshape(-1, 1)
+    ids = numbered_columns(problem.products, "product_ids", "product_data")
+    if ids:
+        fields["product_ids"] = frame[ids].to_numpy()
+    if problem.ownership is not None:
+        fields["ownership"] = np.asarray(problem.ownership)[t, : len(rows), : len(rows)]
+    return Records(len(rows), fields, frame)
+
+
+def market_agents(problem: Any, t: int) -> Records:
+    """The agents of market index ``t`` (in the order of ``agent_data``, or of the built integration)."""
+    if problem.agent_layout is None:  # the logit: one representative agent of weight one
+        market = problem.layout.market_ids[t]
+        return Records(
+            1,
+            {
+                "market_ids": np.array([[market]], dtype=object),
+                "weights": np.ones((1, 1)),
+                "nodes": np.zeros((1, 0)),
+                "demographics": np.zeros((1, 0)),
+            },
+        )
+    layout = problem.agent_layout
+    rows = layout.rows[t, layout.mask[t]]
+    frame = getattr(problem, "agent_frame", None)
+    fields = {
+        "market_ids": _column(problem.agent_market_ids, rows),
+        "weights": _column(problem.weights, rows),
+        "nodes": _column(problem.nodes, rows),
+        "demographics": _column(problem.demographics, rows) if problem.demographics is not None else None,
+    }
+    frame_rows = None
+    if frame is not None and len(frame) == len(problem.agent_market_ids):
+        frame_rows = frame.iloc[rows]
+        if "agent_ids" in frame.columns:
+            fields["agent_ids"] = frame_rows["agent_ids"].to_numpy().reshape(-1, 1)
+    return Records(len(rows), fields, frame_rows)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """One dataset's survey weights and its parts' values as padded tensors."""
+
+    dataset: MicroDataset
+    markets: Tensor  # [T_d] market indices
+    weights: Tensor  # [T_d, I, 1 + J] or [T_d, I, 1 + J, 1 + J]
+    values: Tensor  # [P_d, T_d, I, 1 + J(, 1 + J)]
+    parts: list[int]  # global indices of the dataset's parts
+    outside_first: bool  # the user's arrays include the outside option as a first choice
+    outside_second: bool  # ... and as a second choice
+    groups: Tensor | None  # [T_d, 1 + J] group codes of products removed with the first choice (second choices)
+
+    @property
+    def second_choices(self) -> bool:
+        return self.weights.dim() == 4
+
+
+class MicroMoments:
+    """The micro moments of a problem: observed values, parts and datasets laid out as tensors.
+
+    Parameters
+    ----------
+    problem : Economy
+        The problem whose products and agents the callbacks see.
+    moments : sequence of MicroMoment
+        The micro moments, in order.
+    sample_covariances : array-like, optional
+        ``M_M x M_M`` covariance of the micro moments to use instead of :math:`F S_P F'`.
+    """
+
+    def __init__(self, problem: Any, moments: Sequence[MicroMoment], sample_covariances: Any = None) -> None:
+        moments = list(moments)
+        if not moments:
+            raise SpecificationError("micro_moments is empty.")
+        for moment in moments:
+            if not isinstance(moment, MicroMoment):
+                raise SpecificationError(f"micro_moments must hold MicroMoment instances; received {moment!r}.")
+        _unique([m.name for m in moments], "micro moment")
+        self.problem = problem
+        self.moments = moments
+        self.names = [m.name for m in moments]
+        self.M = len(moments)
+        self.parts: list[MicroPart] = []
+        for moment in moments:
+            for part in moment.parts:
+                if not any(part is known for known in self.parts):
+                    self.parts.append(part)
+        _unique([p.name for p in self.parts], "micro part")
+        self.datasets: list[MicroDataset] = []
+        for part in self.parts:
+            if not any(part.dataset is known for known in self.datasets):
+                self.datasets.append(part.dataset)
+        _unique([d.name for d in self.datasets], "micro dataset")
+        self.part_index = [[self._index(part) for part in moment.parts] for moment in moments]
+        self.observed = torch.tensor([m.value for m in moments], dtype=problem.dtype, device=problem.device)
+        self.layouts = [self._lay_out(dataset) for dataset in self.datasets]
+        self.sample_covariances = None
+        if sample_covariances is not None:
+            self.sample_covariances = _checked_covariances(sample_covariances, self.M, problem)
+
+    def _index(self, part: MicroPart) -> int:
+        return next(k for k, known in enumerate(self.parts) if known is part)
+
+    # ------------------------------------------------------------------ set-up
+    def _markets(self, dataset: MicroDataset) -> np.ndarray:
+        ids = self.problem.layout.market_ids
+        if dataset.market_ids is None:
+            return np.arange(len(ids))
+        known = {market: t for t, market in enumerate(ids.tolist())}
+        missing = [market for market in dataset.market_ids.tolist() if market not in known]
+        if missing:
+            raise SpecificationError(
+                f"MicroDataset '{dataset.name}': market_ids {missing[:5]} are not markets of the problem."
+            )
+        return np.array(sorted(known[market] for market in dataset.market_ids.tolist()), dtype=np.int64)
+
+    def _lay_out(self, dataset: MicroDataset) -> DatasetLayout:
+        p = self.problem
+        markets = self._markets(dataset)
+        parts = [k for k, part in enumerate(self.parts) if part.dataset is dataset]
+        J = p.layout.mask.shape[1]
+        I = 1 if p.agent_layout is None else p.agent_layout.mask.shape[1]
+        shape: tuple[int, ...] | None = None
+        kind: tuple[bool, ...] | None = None
+        weights_list, values_list = [], [[] for _ in parts]
+        for t in markets.tolist():  # set-up only: the callbacks are per market by PyBLP's definition
+            products, agents = market_products(p, t), market_agents(p, t)
+            market = p.layout.market_ids[t]
+            raw = _array(dataset.compute_weights(market, products, agents), f"MicroDataset '{dataset.name}'", market)
+            this_kind = _kind(raw, agents.size, products.size, f"MicroDataset '{dataset.name}'", market)
+            if kind is None:
+                kind = this_kind
+            elif this_kind != kind:
+                raise SpecificationError(
+                    f"MicroDataset '{dataset.name}': compute_weights returns shape {raw.shape} in market {market!r}, "
+                    "a different kind (outside option or second choices) than in the dataset's earlier markets."
+                )
+            second = len(kind) == 2
+            shape = (I, J + 1, J + 1) if second else (I, J + 1)
+            weights_list.append(_pad(raw, kind, shape))
+            for slot, k in enumerate(parts):
+                part = self.parts[k]
+                values = _array(part.compute_values(market, products, agents), f"MicroPart '{part.name}'", market)
+                if values.shape != raw.shape:
+                    raise SpecificationError(
+                        f"MicroPart '{part.name}': compute_values returns shape {values.shape} in market "
+                        f"{market!r}, but its dataset '{dataset.name}' has weights of shape {raw.shape}."
+                    )
+                values_list[slot].append(_pad(values, kind, shape))
+        assert kind is not None and shape is not None
+        weights = np.stack(weights_list)
+        if (weights < 0).any():
+            raise SpecificationError(f"MicroDataset '{dataset.name}': survey weights must be non-negative.")
+        values = np.stack([np.stack(v) for v in values_list]) if parts else np.zeros((0,) + weights.shape)
+        groups = None
+        if len(kind) == 2:
+            if p.H:
+                raise SpecificationError(
+                    f"MicroDataset '{dataset.name}': second-choice micro moments are not supported with nesting "
+                    "(nesting_ids) yet."
+                )
+            groups = self._groups(dataset, markets)
+        tensor = lambda a: torch.as_tensor(a, dtype=p.dtype, device=p.device)  # noqa: E731
+        return DatasetLayout(
+            dataset,
+            torch.as_tensor(markets, device=p.device),
+            tensor(weights),
+            tensor(values),
+            parts,
+            kind[0],
+            kind[-1] if len(kind) == 2 else False,
+            groups,
+        )
+
+    def _groups(self, dataset: MicroDataset, markets: np.ndarray) -> Tensor:
+        """Codes of the groups eliminated with each first choice, ``[T_d, 1 + J]`` (each product its own group by
+        default; the outside option always alone, code 0)."""
+        p = self.problem
+        J = p.layout.mask.shape[1]
+        index = dataset.eliminated_product_ids_index
+        if index is None:
+            codes = np.broadcast_to(np.arange(J + 1), (len(markets), J + 1)).copy()
+        else:
+            columns = numbered_columns(p.products, "product_ids", "product_data")
+            if index >= len(columns):
+                raise SpecificationError(
+                    f"MicroDataset '{dataset.name}': eliminated_product_ids_index {index} needs a product_ids column "
+                    f"{index}; product_data has {len(columns)} product_ids column(s)."
+                )
+            ids = p.products[columns[index]].to_numpy()
+            _, codes_of_rows = np.unique(ids.astype(str), return_inverse=True)
+            padded = p.layout.pad(codes_of_rows + 1, -1)[markets]
+            codes = np.concatenate([np.zeros((len(markets), 1), dtype=np.int64), padded], axis=1)
+        return torch.as_tensor(codes, device=p.device)
+
+    # ------------------------------------------------------------------ evaluation
+    def choice_probabilities(self, inside: Tensor) -> Tensor:
+        """``[T, I, 1 + J]`` choice probabilities, the outside option first, from inside ones ``[T, J, I]``."""
+        inside = inside.transpose(1, 2)
+        outside = (1 - inside.sum(-1, keepdim=True)).clamp(min=0)
+        return torch.cat([outside, inside], dim=-1)
+
+    def sampling_weights(self, layout: DatasetLayout, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
+        """:math:`q = w_{it} s_{ijt} (s_{ik(-h(j))t}) w_{dij(k)t}` over the dataset's markets."""
+        s = probabilities[layout.markets]  # [T_d, I, 1 + J]
+        w = agent_weights[layout.markets].unsqueeze(-1)
+        if not layout.second_choices:
+            return w * s * layout.weights
+        groups = layout.groups  # [T_d, 1 + J]
+        same = groups.unsqueeze(-1) == groups.unsqueeze(-2)  # [T_d, 1 + J (j), 1 + J (k)]: k removed with j
+        removed = torch.einsum("tik,tjk->tij", s, same.to(s.dtype))  # sum of s_il over l in h(j)
+        remaining = (1 - removed).clamp(min=torch.finfo(s.dtype).tiny)
+        second = torch.where(same.unsqueeze(1), 0.0, s.unsqueeze(-2) / remaining.unsqueeze(-1))
+        return (w * s).unsqueeze(-1) * second * layout.weights
+
+    def part_values(self, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
+        """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable)."""
+        values = probabilities.new_zeros(len(self.parts))
+        for layout in self.layouts:  # a loop over datasets
+            q = self.sampling_weights(layout, probabilities, agent_weights).reshape(-1)
+            numerators = layout.values.reshape(len(layout.parts), -1) @ q
+            index = torch.as_tensor(layout.parts, device=values.device)
+            values = values.index_put((index,), numerators / q.sum())
+        return values
+
+    def statistics(self, parts: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """:math:`f(v)` (``[M]``) and :math:`F = \\partial f/\\partial v` (``[M, P]``), in NumPy."""
+        v = parts.detach().cpu().numpy().astype(np.float64)
+        values = np.empty(self.M)
+        F = np.zeros((self.M, len(self.parts)))
+        for m, (moment, index) in enumerate(zip(self.moments, self.part_index, strict=True)):  # over moments
+            values[m], F[m, index] = _statistic(moment, v[index])
+        return values, F
+
+    def surrogate(self, parts: Tensor) -> tuple[Tensor, np.ndarray, np.ndarray]:
+        """Differentiable :math:`f(v)` with the exact value and first derivative, with the value and ``F``."""
+        values, F = self.statistics(parts)
+        F_tensor = torch.as_tensor(F, dtype=parts.dtype, device=parts.device)
+        f = torch.as_tensor(values, dtype=parts.dtype, device=parts.device) + F_tensor @ (parts - parts.detach())
+        return f, values, F
+
+    def part_covariances(self, probabilities: Tensor, agent_weights: Tensor, parts: Tensor) -> Tensor:
+        """:math:`S_P`, ``[P, P]``: :math:`N/N_d` times the covariance of the values over the survey."""
+        P = len(self.parts)
+        S = probabilities.new_zeros((P, P))
+        for layout in self.layouts:  # a loop over datasets
+            q = self.sampling_weights(layout, probabilities, agent_weights).reshape(-1)
+            index = torch.as_tensor(layout.parts, device=S.device)
+            centered = layout.values.reshape(len(layout.parts), -1) - parts[index].unsqueeze(-1)
+            block = (centered * q) @ centered.T / q.sum()
+            scale = self.problem.N / layout.dataset.observations
+            S[index.unsqueeze(1), index.unsqueeze(0)] = scale * block
+        return S
+
+    def covariances(self, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
+        """:math:`S_M = F S_P F'` at the given probabilities (or the given sample covariances)."""
+        if self.sample_covariances is not None:
+            return self.sample_covariances
+        with torch.no_grad():
+            parts = self.part_values(probabilities, agent_weights)
+            _, F = self.statistics(parts)
+            F_tensor = torch.as_tensor(F, dtype=parts.dtype, device=parts.device)
+            S = F_tensor @ self.part_covariances(probabilities, agent_weights, parts) @ F_tensor.T
+        return (S + S.T) / 2
+
+    def weighting_block(self, probabilities: Tensor, agent_weights: Tensor) -> tuple[Tensor, bool]:
+        """:math:`S_M^{+}`, the micro block of an updated weighting matrix, and whether :math:`S_M` is singular."""
+        return invert(self.covariances(probabilities, agent_weights))
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SpecificationError(f"Two different {what}s are named '{name}': names must be unique.")
+        seen.add(name)
+
+
+def _array(result: Any, owner: str, market: Any) -> np.ndarray:
+    try:
+        array = np.asarray(result, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise SpecificationError(f"{owner}: market {market!r} returned values that are not numeric.") from error
+    if not np.isfinite(array).all():
+        raise SpecificationError(f"{owner}: market {market!r} returned non-finite values (NaN or infinity).")
+    return array
+
+
+def _kind(weights: np.ndarray, I: int, J: int, owner: str, market: Any) -> tuple[bool, ...]:
+    """Whether each choice axis includes the outside option, from the shape of the weights."""
+    allowed = {(I, J): (False,), (I, J + 1): (True,)}
+    for first in (False, True):
+        for second in (False, True):
+            allowed[(I, J + first, J + second)] = (first, second)
+    if weights.shape not in allowed or (J == 0):
+        raise SpecificationError(
+            f"{owner}: compute_weights returns shape {weights.shape} in market {market!r}, which has {I} agents "
+            f"and {J} products: expected ({I}, {J}) or ({I}, {J + 1}) (outside option first), or with second "
+            f"choices ({I}, {J} or {J + 1}, {J} or {J + 1})."
+        )
+    return allowed[weights.shape]
+
+
+def _pad(array: np.ndarray, kind: tuple[bool, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The user's array in the padded layout, outside option at index 0 of each choice axis (zero if absent)."""
+    padded = np.zeros(shape)
+    I = array.shape[0]
+    index: list[slice] = [slice(0, I)]
+    for axis, outside in enumerate(kind, start=1):
+        size = array.shape[axis]
+        index.append(slice(0, size) if outside else slice(1, 1 + size))
+    padded[tuple(index)] = array
+    return padded
+
+
+def _statistic(moment: MicroMoment, v: np.ndarray) -> tuple[float, np.ndarray]:
+    """:math:`f_m(v)` and its gradient for one moment."""
+    if moment.compute_value is None:
+        return float(v[0]), np.ones(1)
+    try:
+        value = float(np.asarray(moment.compute_value(v.copy()), dtype=np.float64).reshape(()))
+    except Exception as error:
+        raise SpecificationError(f"MicroMoment '{moment.name}': compute_value failed ({error}).") from error
+    if moment.compute_gradient is not None:
+        try:
+            gradient = np.asarray(moment.compute_gradient(v.copy()), dtype=np.float64).reshape(-1)
+        except Exception as error:
+            raise SpecificationError(f"MicroMoment '{moment.name}': compute_gradient failed ({error}).") from error
+        if gradient.size != v.size:
+            raise SpecificationError(
+                f"MicroMoment '{moment.name}': compute_gradient returns {gradient.size} values for {v.size} parts."
+            )
+        return value, gradient
+    tensor = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+    try:
+        output = moment.compute_value(tensor)
+        (gradient_tensor,) = torch.autograd.grad(torch.as_tensor(output).reshape(()), tensor)
+    except Exception as error:
+        raise SpecificationError(
+            f"MicroMoment '{moment.name}': without compute_gradient, the gradient of compute_value is taken by "
+            f"autograd, calling it on a torch tensor, which failed ({error}). Write compute_value with operators "
+            "or torch functions, or give compute_gradient."
+        ) from error
+    return value, gradient_tensor.numpy().astype(np.float64)
+
+
+def _checked_covariances(matrix: Any, M: int, problem: Any) -> Tensor:
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.shape != (M, M):
+        raise SpecificationError(
+            f"micro_sample_covariances must be {M} x {M}, one row and column per micro moment; received shape "
+            f"{array.shape}."
+        )
+    if not np.isfinite(array).all():
+        raise SpecificationError("micro_sample_covariances has non-finite values.")
+    if not np.allclose(array, array.T, rtol=1e-10, atol=1e-14 * max(1.0, np.abs(array).max())):
+        raise SpecificationError("micro_sample_covariances must be symmetric.")
+    smallest = np.linalg.eigvalsh(array).min()
+    if smallest < -1e-10 * max(1.0, np.abs(array).max()):
+        raise SpecificationError(
+            f"micro_sample_covariances must be positive semi-definite; its smallest eigenvalue is {smallest:.3g}."
+        )
+    return torch.as_tensor(array, dtype=problem.dtype, device=problem.device)
