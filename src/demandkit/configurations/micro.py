@@ -7,8 +7,8 @@ is sampled. A micro part :math:`p` on dataset :math:`d_p` averages values :math:
 .. math::
 
     \\bar v_p = \\frac{1}{N_{d_p}}\\sum_{n} v_{p i_n j_n t_n}, \\qquad
-    v_p(\\theta) = \\frac{\\sum_t\\sum_i\\sum_{j \\in J_t\\cup\\{0\\}} w_{it}\\,s_{ijt}(\\theta)\\,w_{d_pijt}\\,v_{pijt}}
-                        {\\sum_t\\sum_i\\sum_{j \\in J_t\\cup\\{0\\}} w_{it}\\,s_{ijt}(\\theta)\\,w_{d_pijt}},
+    v_p(\\theta) = \\frac{\\sum_t\\sum_i\\sum_{j \\in J_t\\cup\\{0\\}} w_{it} s_{ijt}(\\theta) w_{d_pijt} v_{pijt}}
+                        {\\sum_t\\sum_i\\sum_{j \\in J_t\\cup\\{0\\}} w_{it} s_{ijt}(\\theta) w_{d_pijt}},
 
 and a micro moment :math:`m` matches a smooth function of parts, :math:`\\bar g_{M,m} = f_m(\\bar v) - f_m(v)`
 (a conditional mean is a ratio of two parts, a covariance a function of three). These classes only hold and check
@@ -162,7 +162,9 @@ class MicroMoment:
         single = isinstance(parts, MicroPart)
         parts_list = [parts] if single else list(parts) if isinstance(parts, Sequence) else None
         if not parts_list:
-            raise SpecificationError(f"MicroMoment '{name}': parts must be a MicroPart or a non-empty sequence of them.")
+            raise SpecificationError(
+                f"MicroMoment '{name}': parts must be a MicroPart or a non-empty sequence of them."
+            )
         for part in parts_list:
             if not isinstance(part, MicroPart):
                 raise SpecificationError(f"MicroMoment '{name}': every part must be a MicroPart; received {part!r}.")
