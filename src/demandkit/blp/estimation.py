@@ -157,8 +157,8 @@ def solve(
         the micro block of :math:`S` for the weighting matrix and the standard errors; zero covariance with the
         aggregate moments.
     micro_sample_covariances : array-like, optional
-        ``M_M x M_M`` covariance of the micro moments to use instead of :math:`S_M` (say, bootstrapped from the
-        micro data).
+        ``M_M x M_M`` sample covariance of the observed micro statistics :math:`f(\\bar v)` (say, bootstrapped
+        from the micro data); :math:`S_M` is :math:`N` times it (PyBLP's scaling).
 
     Returns
     -------

@@ -151,7 +151,8 @@ class MicroMoments:
     moments : sequence of MicroMoment
         The micro moments, in order.
     sample_covariances : array-like, optional
-        ``M_M x M_M`` covariance of the micro moments to use instead of :math:`F S_P F'`.
+        ``M_M x M_M`` covariance of the observed statistics :math:`f(\\bar v)` (say, bootstrapped from the micro
+        data); :math:`S_M` is then :math:`N` times it instead of :math:`F S_P F'` (PyBLP's scaling).
     """
 
     def __init__(self, problem: Any, moments: Sequence[MicroMoment], sample_covariances: Any = None) -> None:
@@ -182,7 +183,8 @@ class MicroMoments:
         self.layouts = [self._lay_out(dataset) for dataset in self.datasets]
         self.sample_covariances = None
         if sample_covariances is not None:
-            self.sample_covariances = _checked_covariances(sample_covariances, self.M, problem)
+            # the covariance of the sample statistics f(v-bar); S_M is that of sqrt(N) times them (PyBLP's scaling)
+            self.sample_covariances = problem.N * _checked_covariances(sample_covariances, self.M, problem)
 
     def _index(self, part: MicroPart) -> int:
         return next(k for k, known in enumerate(self.parts) if known is part)
@@ -419,8 +421,9 @@ def _statistic(moment: MicroMoment, v: np.ndarray) -> tuple[float, np.ndarray]:
         return value, gradient
     tensor = torch.tensor(v, dtype=torch.float64, requires_grad=True)
     try:
-        output = moment.compute_value(tensor)
-        (gradient_tensor,) = torch.autograd.grad(torch.as_tensor(output).reshape(()), tensor)
+        with torch.enable_grad():  # callers evaluate S_M and compute_micro_values under no_grad
+            output = moment.compute_value(tensor)
+            (gradient_tensor,) = torch.autograd.grad(torch.as_tensor(output).reshape(()), tensor)
     except Exception as error:
         raise SpecificationError(
             f"MicroMoment '{moment.name}': without compute_gradient, the gradient of compute_value is taken by "

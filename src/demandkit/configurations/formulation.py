@@ -97,7 +97,7 @@ class Formulation:
         labels : list of str
             Column labels with the intercept called ``'1'``.
         """
-        from formulaic import model_matrix
+        from formulaic import Formula, model_matrix
 
         unknown = self.variables - set(data.columns)
         if unknown:
@@ -107,7 +107,7 @@ class Formulation:
             )
         _reject_text(data, self.numeric_variables, self.formula)
         try:
-            matrix = model_matrix(self.formula, data, na_action="raise", output="pandas")
+            matrix = model_matrix(Formula(self.formula, _ordering="none"), data, na_action="raise", output="pandas")
         except Exception as error:  # formulaic raises several types; surface them as one
             raise SpecificationError(f"Could not build the design for {self.formula!r}: {error}") from error
         labels = ["1" if str(c) in _INTERCEPT_NAMES else str(c) for c in matrix.columns]
