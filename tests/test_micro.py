@@ -267,3 +267,15 @@ def test_bad_micro_inputs_name_the_culprit(data):
     numpy_only = dk.MicroMoment("logs", 0.5, [part, part], lambda v: np.log(v[0]) - np.log(v[1]))
     with pytest.raises(SpecificationError, match="'logs'.*autograd"):
         _solve(data, [numpy_only])
+
+
+def test_micro_moments_in_the_summary_json_and_pickle(data, tmp_path):
+    results = evaluate(dk, data)
+    text = str(results)
+    assert "Estimated Micro Moments:" in text and "Cov(age, sugar)" in text and "E[income 1{j>0}]" in text
+    saved = results.to_dict()
+    assert [m["name"] for m in saved["micro_moments"]] == ["E[income | inside]", "E[inside]", "Cov(age, sugar)"]
+    np.testing.assert_array_equal(saved["micro_values"], results.micro_values.ravel())
+    results.to_pickle(tmp_path / "micro.pkl")
+    loaded = dk.ProblemResults.from_pickle(tmp_path / "micro.pkl")
+    assert str(loaded) == text

@@ -156,9 +156,9 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
         self.moments = mean_moments(problem, self.xi, self.omega)
         self.micro_values = np.zeros((0, 1))
-        self.micro_moments = []
+        self.micro_moments: list[dict[str, Any]] = []  # name, value and parts of each micro moment (picklable)
         if micro is not None:
-            self.micro_moments = list(micro.moments)
+            self.micro_moments = [_describe_micro(moment) for moment in micro.moments]
             self.micro_values = np.asarray(evaluation.micro_values, dtype=np.float64).reshape(-1, 1)
             observed = _numpy(micro.observed).reshape(-1, 1)
             self.moments = np.vstack([self.moments, observed - self.micro_values])
@@ -199,6 +199,12 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
 
     def __str__(self) -> str:
         return format_results(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the micro moments' engine, whose callbacks (often lambdas) pickle cannot carry."""
+        state = dict(self.__dict__)
+        state["_micro"] = None
+        return state
 
     def __repr__(self) -> str:
         return f"<ProblemResults objective={self.objective:.6g} step={self.step} converged={self.converged}>"
@@ -244,8 +250,27 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
                 "fp_iterations": self.fp_iterations,
                 "contraction_evaluations": self.contraction_evaluations,
                 "first_stage": self.first_stage.to_dict(orient="records"),
+                "micro_moments": self.micro_moments,
+                "micro_values": self.micro_values.reshape(-1).tolist(),
             }
         )
+
+
+def _describe_micro(moment: Any) -> dict[str, Any]:
+    """A micro moment as plain data: its name, observed value and parts (with their datasets)."""
+    return {
+        "name": moment.name,
+        "value": moment.value,
+        "parts": [
+            {
+                "name": part.name,
+                "dataset": part.dataset.name,
+                "observations": part.dataset.observations,
+                "markets": None if part.dataset.market_ids is None else part.dataset.market_ids.tolist(),
+            }
+            for part in moment.parts
+        ],
+    }
 
 
 def _json_ready(value: Any) -> Any:

@@ -138,6 +138,8 @@ def format_results(results: Any) -> str:
                 ],
             )
         )
+    if results.micro_moments:
+        parts.append(_micro_table(results))
     if len(results.first_stage):
         parts.append(
             _table(
@@ -152,3 +154,17 @@ def format_results(results: Any) -> str:
     if not results.fp_converged.all():
         parts.append("WARNING: the inversion for delta did not converge in some markets; the estimates are not valid.")
     return "\n\n".join(parts)
+
+
+def _micro_table(results: Any) -> str:
+    """The micro moments: observed and estimated values, their difference, and the parts and datasets (one row
+    per part, the moment's numbers on its first)."""
+    rows = []
+    for moment, value in zip(results.micro_moments, results.micro_values[:, 0], strict=True):
+        for k, part in enumerate(moment["parts"]):
+            markets = "All" if part["markets"] is None else str(len(part["markets"]))
+            numbers = [_number(moment["value"]), _number(value), _number(moment["value"] - value), moment["name"]]
+            described = [part["name"], part["dataset"], str(part["observations"]), markets]
+            rows.append((numbers if k == 0 else ["", "", "", ""]) + described)
+    header = ["Observed", "Estimated", "Difference", "Moment", "Part", "Dataset", "Observations", "Markets"]
+    return _table("Estimated Micro Moments:", header, rows)
