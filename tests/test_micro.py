@@ -279,3 +279,25 @@ def test_micro_moments_in_the_summary_json_and_pickle(data, tmp_path):
     results.to_pickle(tmp_path / "micro.pkl")
     loaded = dk.ProblemResults.from_pickle(tmp_path / "micro.pkl")
     assert str(loaded) == text
+
+
+@pytest.mark.pyblp
+def test_resampled_agents_add_pyblps_simulation_covariance(data):
+    _, agents = data
+
+    def resample(index):
+        if index >= 4:
+            return None
+        frame = agents.copy()
+        columns = [c for c in frame.columns if c.startswith("nodes")]
+        frame[columns] = np.random.default_rng(index).standard_normal((len(frame), len(columns)))
+        return frame
+
+    ours = evaluate(dk, data, resample_agent_data=resample)
+    theirs = evaluate(pyblp, data, resample_agent_data=resample)
+    for name in ("objective", "updated_W", "sigma_se", "pi_se", "beta_se"):
+        assert_close(getattr(ours, name), getattr(theirs, name), 1e-6, name)
+    plain = evaluate(dk, data)
+    assert not np.allclose(ours.sigma_se, plain.sigma_se, equal_nan=True)
+    with pytest.raises(SpecificationError, match="at least 2"):
+        evaluate(dk, data, resample_agent_data=lambda index: agents if index == 0 else None)

@@ -32,6 +32,7 @@ from .micro import MicroMoments
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
+from .simulation_error import check_finite, resampled_moments, simulation_covariance
 
 EXTREME_SCALE = 1e4
 """Columns with larger absolute values are named as the likely culprit when estimation breaks down numerically:
@@ -107,6 +108,7 @@ def solve(
     progress: bool = False,
     micro_moments: Sequence[MicroMoment] = (),
     micro_sample_covariances: Any = None,
+    resample_agent_data: Callable[[int], Any] | None = None,
 ) -> Any:
     """Estimate the problem by one- or two-step GMM, with PyBLP's arguments and defaults.
 
@@ -159,6 +161,11 @@ def solve(
     micro_sample_covariances : array-like, optional
         ``M_M x M_M`` sample covariance of the observed micro statistics :math:`f(\\bar v)` (say, bootstrapped
         from the micro data); :math:`S_M` is :math:`N` times it (PyBLP's scaling).
+    resample_agent_data : callable, optional
+        ``resample_agent_data(index) -> agent_data or None``: sets of resampled agents (nodes and demographics)
+        for ``index = 0, 1, ...`` until None; the covariance of the moments across them (the simulation error,
+        :mod:`demandkit.blp.simulation_error`) is added to :math:`S` for the weighting matrix and the standard
+        errors.
 
     Returns
     -------
@@ -217,7 +224,8 @@ def solve(
             problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds, micro
         )
         initial = objective.evaluate(theta, gradient=False)
-        W_current = _updated_W(problem, system, initial, W_type, center_moments, objective=objective)
+        simulation = _simulation(objective, initial, resample_agent_data)
+        W_current = _updated_W(problem, system, initial, W_type, center_moments, True, objective, simulation)
         start = torch.where(problem.product_mask, initial.delta, 0.0)
     steps: list[StepResult] = []
     for step in range(1, (2 if method == "2s" else 1) + 1):
@@ -236,10 +244,11 @@ def solve(
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
         last_step = step == (2 if method == "2s" else 1)
+        simulation = _simulation(objective, evaluation, resample_agent_data)
         W_current = _updated_W(
-            problem, system, evaluation, W_type, center_moments, used=not last_step, objective=objective
+            problem, system, evaluation, W_type, center_moments, not last_step, objective, simulation
         )
-    covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments)
+    covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments, simulation)
     hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
     return ProblemResults(
         problem=problem,
@@ -321,16 +330,18 @@ def _updated_W(
     center: bool,
     used: bool = True,
     objective: GMMObjective | None = None,
+    simulation: Tensor | None = None,
 ) -> Tensor:
     """:math:`W = S^{-1}` (pseudo-inverse if singular; a warning if it will weight a further step); with micro
     moments block-diagonal, :math:`S_M^{-1}` in the micro block."""
     S = moment_covariances(
         _residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes, center
     )
-    W, singular = invert(S)
     if objective is not None and objective.micro is not None:
-        micro_W, micro_singular = invert(objective.micro_covariances(evaluation))
-        W, singular = torch.block_diag(W, micro_W), singular or micro_singular
+        S = torch.block_diag(S, objective.micro_covariances(evaluation))
+    if simulation is not None:
+        S = S + simulation
+    W, singular = invert(S)
     if singular and used:
         warnings.warn(
             "The moment covariance matrix is singular; its pseudo-inverse is the weighting matrix.",
@@ -338,6 +349,43 @@ def _updated_W(
             stacklevel=4,
         )
     return W
+
+
+def _simulation(
+    objective: GMMObjective, evaluation: Evaluation, resample_agent_data: Callable[[int], Any] | None
+) -> Tensor | None:
+    """The simulation covariance at an evaluation's parameters, or None without ``resample_agent_data``."""
+    if resample_agent_data is None:
+        return None
+    theta = evaluation.theta
+
+    def evaluate(resampled: Any) -> Tensor:
+        model = DemandModel(resampled).fix_nodes(objective.space.sigma0)
+        micro = None if objective.micro is None else MicroMoments(resampled, objective.micro.moments)
+        if micro is not None and objective.micro.sample_covariances is not None:
+            micro.sample_covariances = objective.micro.sample_covariances
+        start = torch.where(resampled.product_mask, evaluation.delta, 0.0)
+        other = GMMObjective(
+            resampled,
+            model,
+            objective.space,
+            objective.iteration,
+            objective.W,
+            start,
+            objective.delta_behavior,
+            EvaluationStats(),
+            objective.costs_bounds,
+            micro,
+        )
+        resampled_evaluation = other.evaluate(theta, gradient=False)
+        residuals = torch.cat(_residuals(resampled_evaluation))
+        values = None
+        if micro is not None:
+            values = torch.as_tensor(resampled_evaluation.micro_values, dtype=residuals.dtype, device=residuals.device)
+        return other.moments(residuals, values)
+
+    moments = resampled_moments(objective.problem, resample_agent_data, evaluate)
+    return check_finite(simulation_covariance(moments))
 
 
 def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluation) -> None:
@@ -366,7 +414,13 @@ def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluat
 
 
 def _covariances(
-    problem: Any, objective: GMMObjective, system: StackedSystem, last: StepResult, se_type: str, center: bool
+    problem: Any,
+    objective: GMMObjective,
+    system: StackedSystem,
+    last: StepResult,
+    se_type: str,
+    center: bool,
+    simulation: Tensor | None = None,
 ) -> Covariances:
     evaluation = last.evaluation
     G = objective.moments_jacobian(evaluation)
@@ -381,6 +435,8 @@ def _covariances(
     )
     if objective.micro is not None:
         S = torch.block_diag(S, objective.micro_covariances(evaluation))
+    if simulation is not None:
+        S = S + simulation
     if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(S).all())):
         raise _numerical_failure(
             problem, f"The moments' Jacobian or covariance is not finite{_where(problem, evaluation)}"
