@@ -135,6 +135,7 @@ class DatasetLayout:
     outside_first: bool  # the user's arrays include the outside option as a first choice
     outside_second: bool  # ... and as a second choice
     groups: Tensor | None  # [T_d, 1 + J] group codes of products removed with the first choice (second choices)
+    compact: bool = False  # weights and values are the same for every agent: stored once, summed over agents
 
     @property
     def second_choices(self) -> bool:
@@ -210,6 +211,7 @@ class MicroMoments:
         I = 1 if p.agent_layout is None else p.agent_layout.mask.shape[1]
         shape: tuple[int, ...] | None = None
         kind: tuple[bool, ...] | None = None
+        compact = True  # until an array differs across a market's agents
         weights_list, values_list = [], [[] for _ in parts]
         for t in markets.tolist():  # set-up only: the callbacks are per market by PyBLP's definition
             products, agents = market_products(p, t), market_agents(p, t)
@@ -225,6 +227,7 @@ class MicroMoments:
                 )
             second = len(kind) == 2
             shape = (I, J + 1, J + 1) if second else (I, J + 1)
+            compact = compact and _agent_invariant(raw)
             weights_list.append(_pad(raw, kind, shape))
             for slot, k in enumerate(parts):
                 part = self.parts[k]
@@ -234,9 +237,14 @@ class MicroMoments:
                         f"MicroPart '{part.name}': compute_values returns shape {values.shape} in market "
                         f"{market!r}, but its dataset '{dataset.name}' has weights of shape {raw.shape}."
                     )
+                compact = compact and _agent_invariant(values)
                 values_list[slot].append(_pad(values, kind, shape))
         assert kind is not None and shape is not None
         weights = np.stack(weights_list)
+        if compact:  # one row per market: every agent's row is the first's (padded agents' rows are zero)
+            weights_list = [w[:1] for w in weights_list]
+            values_list = [[v[:1] for v in market_values] for market_values in values_list]
+            weights = np.stack(weights_list)
         if (weights < 0).any():
             raise SpecificationError(f"MicroDataset '{dataset.name}': survey weights must be non-negative.")
         values = np.stack([np.stack(v) for v in values_list]) if parts else np.zeros((0,) + weights.shape)
@@ -258,6 +266,7 @@ class MicroMoments:
             kind[0],
             kind[-1] if len(kind) == 2 else False,
             groups,
+            compact,
         )
 
     def _groups(self, dataset: MicroDataset, markets: np.ndarray) -> Tensor:
@@ -293,11 +302,16 @@ class MicroMoments:
         s = probabilities[layout.markets]  # [T_d, I, 1 + J]
         w = agent_weights[layout.markets].unsqueeze(-1)
         if not layout.second_choices:
+            if layout.compact:  # summed over agents: [T_d, 1, 1 + J]
+                return (w * s).sum(1, keepdim=True) * layout.weights
             return w * s * layout.weights
         groups = layout.groups  # [T_d, 1 + J]
         same = groups.unsqueeze(-1) == groups.unsqueeze(-2)  # [T_d, 1 + J (j), 1 + J (k)]: k removed with j
         removed = torch.einsum("tik,tjk->tij", s, same.to(s.dtype))  # sum of s_il over l in h(j)
         remaining = (1 - removed).clamp(min=torch.finfo(s.dtype).tiny)
+        if layout.compact:  # sum_i w_i s_ij s_ik / (1 - s_ih(j)) as one batched product: no [I, J, J] array
+            joint = torch.bmm((w * s / remaining).transpose(1, 2), s)
+            return torch.where(same, 0.0, joint).unsqueeze(1) * layout.weights
         second = torch.where(same.unsqueeze(1), 0.0, s.unsqueeze(-2) / remaining.unsqueeze(-1))
         return (w * s).unsqueeze(-1) * second * layout.weights
 
@@ -372,6 +386,11 @@ def _array(result: Any, owner: str, market: Any) -> np.ndarray:
     if not np.isfinite(array).all():
         raise SpecificationError(f"{owner}: market {market!r} returned non-finite values (NaN or infinity).")
     return array
+
+
+def _agent_invariant(array: np.ndarray) -> bool:
+    """Whether every agent's (first-axis) slice of a market's array equals the first agent's."""
+    return bool((array == array[:1]).all())
 
 
 def _kind(weights: np.ndarray, I: int, J: int, owner: str, market: Any) -> tuple[bool, ...]:
