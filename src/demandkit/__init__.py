@@ -7,7 +7,7 @@ from .blp.results import ProblemResults
 from .configurations.formulation import Formulation
 from .configurations.integration import Integration
 from .configurations.iteration import Iteration
-from .configurations.micro import MicroDataset, MicroMoment, MicroPart
+from .configurations.micro import MicroDataset, MicroMoment, MicroPart, PanelMicroDataset
 from .configurations.optimization import Optimization
 from .construction.instruments import build_blp_instruments, build_differentiation_instruments, build_id_data
 from .construction.ownership import build_ownership
@@ -44,6 +44,7 @@ __all__ = [
     "frac",
     "montecarlo",
     "OptimalInstrumentResults",
+    "PanelMicroDataset",
     "Simulation",
     "SimulationResults",
 ]

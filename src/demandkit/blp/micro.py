@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..configurations.micro import MicroDataset, MicroMoment, MicroPart
+from ..configurations.micro import MicroDataset, MicroMoment, MicroPart, PanelMicroDataset
 from ..exceptions import SpecificationError
 from ..kernels.gmm import invert
 from ..layout.validation import numbered_columns
@@ -136,6 +136,7 @@ class DatasetLayout:
     outside_second: bool  # ... and as a second choice
     groups: Tensor | None  # [T_d, 1 + J] group codes of products removed with the first choice (second choices)
     compact: bool = False  # weights and values are the same for every agent: stored once, summed over agents
+    linked: Tensor | None = None  # [T_d] the second market of each pair (PanelMicroDataset)
 
     @property
     def second_choices(self) -> bool:
@@ -204,6 +205,8 @@ class MicroMoments:
         return np.array(sorted(known[market] for market in dataset.market_ids.tolist()), dtype=np.int64)
 
     def _lay_out(self, dataset: MicroDataset) -> DatasetLayout:
+        if isinstance(dataset, PanelMicroDataset):
+            return self._lay_out_panel(dataset)
         p = self.problem
         markets = self._markets(dataset)
         parts = [k for k, part in enumerate(self.parts) if part.dataset is dataset]
@@ -269,6 +272,73 @@ class MicroMoments:
             compact,
         )
 
+    def _lay_out_panel(self, dataset: PanelMicroDataset) -> DatasetLayout:
+        """A panel dataset: one ``[I, 1 + J, 1 + J]`` slice per linked pair of markets."""
+        p = self.problem
+        if p.agent_layout is None:
+            raise SpecificationError(f"PanelMicroDataset '{dataset.name}' needs agents (a random-coefficients model).")
+        index = {market: t for t, market in enumerate(p.layout.market_ids.tolist())}
+        missing = [pair for pair in dataset.market_pairs if pair[0] not in index or pair[1] not in index]
+        if missing:
+            raise SpecificationError(
+                f"PanelMicroDataset '{dataset.name}': market pairs {missing[:3]} name markets that are not in the "
+                "problem."
+            )
+        J = p.layout.mask.shape[1]
+        I = p.agent_layout.mask.shape[1]
+        parts = [k for k, part in enumerate(self.parts) if part.dataset is dataset]
+        kind: tuple[bool, ...] | None = None
+        compact = True
+        weights_list, values_list = [], [[] for _ in parts]
+        for pair in dataset.market_pairs:  # set-up only: one callback per pair of markets
+            first, second = index[pair[0]], index[pair[1]]
+            agents = _linked_agents(p, first, second, dataset.name, pair)
+            products = (market_products(p, first), market_products(p, second))
+            raw = _array(dataset.compute_weights(pair, products, agents), f"PanelMicroDataset '{dataset.name}'", pair)
+            this_kind = _panel_kind(raw, agents.size, products[0].size, products[1].size, dataset.name, pair)
+            if kind is None:
+                kind = this_kind
+            elif this_kind != kind:
+                raise SpecificationError(
+                    f"PanelMicroDataset '{dataset.name}': compute_weights returns shape {raw.shape} for the pair "
+                    f"{pair!r}, a different kind (outside options) than for the dataset's earlier pairs."
+                )
+            compact = compact and _agent_invariant(raw)
+            weights_list.append(_pad(raw, kind, (I, J + 1, J + 1)))
+            for slot, k in enumerate(parts):
+                part = self.parts[k]
+                values = _array(part.compute_values(pair, products, agents), f"MicroPart '{part.name}'", pair)
+                if values.shape != raw.shape:
+                    raise SpecificationError(
+                        f"MicroPart '{part.name}': compute_values returns shape {values.shape} for the pair {pair!r}, "
+                        f"but its dataset '{dataset.name}' has weights of shape {raw.shape}."
+                    )
+                compact = compact and _agent_invariant(values)
+                values_list[slot].append(_pad(values, kind, (I, J + 1, J + 1)))
+        assert kind is not None
+        if compact:
+            weights_list = [w[:1] for w in weights_list]
+            values_list = [[v[:1] for v in pair_values] for pair_values in values_list]
+        weights = np.stack(weights_list)
+        if (weights < 0).any():
+            raise SpecificationError(f"PanelMicroDataset '{dataset.name}': survey weights must be non-negative.")
+        values = np.stack([np.stack(v) for v in values_list]) if parts else np.zeros((0,) + weights.shape)
+        tensor = lambda a: torch.as_tensor(a, dtype=p.dtype, device=p.device)  # noqa: E731
+        markets = [index[pair[0]] for pair in dataset.market_pairs]
+        linked = [index[pair[1]] for pair in dataset.market_pairs]
+        return DatasetLayout(
+            dataset,
+            torch.as_tensor(markets, device=p.device),
+            tensor(weights),
+            tensor(values),
+            parts,
+            kind[0],
+            kind[1],
+            None,
+            compact,
+            torch.as_tensor(linked, device=p.device),
+        )
+
     def _groups(self, dataset: MicroDataset, markets: np.ndarray) -> Tensor:
         """Codes of the groups eliminated with each first choice, ``[T_d, 1 + J]`` (each product its own group by
         default; the outside option always alone, code 0)."""
@@ -301,6 +371,11 @@ class MicroMoments:
         """:math:`q = w_{it} s_{ijt} (s_{ik(-h(j))t}) w_{dij(k)t}` over the dataset's markets."""
         s = probabilities[layout.markets]  # [T_d, I, 1 + J]
         w = agent_weights[layout.markets].unsqueeze(-1)
+        if layout.linked is not None:  # the same individuals in a linked market: s_ijt s_ikt'
+            later = probabilities[layout.linked]
+            if layout.compact:
+                return torch.bmm((w * s).transpose(1, 2), later).unsqueeze(1) * layout.weights
+            return (w * s).unsqueeze(-1) * later.unsqueeze(-2) * layout.weights
         if not layout.second_choices:
             if layout.compact:  # summed over agents: [T_d, 1, 1 + J]
                 return (w * s).sum(1, keepdim=True) * layout.weights
@@ -386,6 +461,40 @@ def _array(result: Any, owner: str, market: Any) -> np.ndarray:
     if not np.isfinite(array).all():
         raise SpecificationError(f"{owner}: market {market!r} returned non-finite values (NaN or infinity).")
     return array
+
+
+def _linked_agents(problem: Any, first: int, second: int, name: str, pair: tuple) -> Records:
+    """The individuals of a pair of linked markets (the first market's records), after checking that the second
+    market's agents are the same individual types in the same order."""
+    agents, later = market_agents(problem, first), market_agents(problem, second)
+    where = f"PanelMicroDataset '{name}', markets {pair!r}"
+    if agents.size != later.size:
+        raise SpecificationError(
+            f"{where}: {agents.size} and {later.size} agents; linked markets need the same agents."
+        )
+    for field in ("agent_ids", "weights", "nodes", "demographics"):
+        a, b = agents._fields.get(field), later._fields.get(field)
+        if a is None or b is None:
+            continue
+        same = np.array_equal(a, b) if field == "agent_ids" else np.allclose(a, b, rtol=1e-12, atol=1e-12)
+        if not same:
+            raise SpecificationError(
+                f"{where}: the agents' {field} differ; agent i of the second market must be agent i of the first "
+                "(same order, nodes, demographics and weights)."
+            )
+    return agents
+
+
+def _panel_kind(weights: np.ndarray, I: int, J: int, J2: int, name: str, pair: tuple) -> tuple[bool, bool]:
+    """Whether each market's axis of a panel dataset's weights includes the outside option."""
+    for first in (False, True):
+        for second in (False, True):
+            if weights.shape == (I, J + first, J2 + second):
+                return first, second
+    raise SpecificationError(
+        f"PanelMicroDataset '{name}': compute_weights returns shape {weights.shape} for the pair {pair!r}, whose "
+        f"markets have {J} and {J2} products and {I} agents: expected ({I}, {J} or {J + 1}, {J2} or {J2 + 1})."
+    )
 
 
 def _agent_invariant(array: np.ndarray) -> bool:

@@ -267,6 +267,7 @@ def _describe_micro(moment: Any) -> dict[str, Any]:
                 "dataset": part.dataset.name,
                 "observations": part.dataset.observations,
                 "markets": None if part.dataset.market_ids is None else part.dataset.market_ids.tolist(),
+                "market_pairs": [list(pair) for pair in getattr(part.dataset, "market_pairs", [])] or None,
             }
             for part in moment.parts
         ],

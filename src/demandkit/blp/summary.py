@@ -163,6 +163,8 @@ def _micro_table(results: Any) -> str:
     for moment, value in zip(results.micro_moments, results.micro_values[:, 0], strict=True):
         for k, part in enumerate(moment["parts"]):
             markets = "All" if part["markets"] is None else str(len(part["markets"]))
+            if part.get("market_pairs"):
+                markets = f"{len(part['market_pairs'])} pairs"
             numbers = [_number(moment["value"]), _number(value), _number(moment["value"] - value), moment["name"]]
             described = [part["name"], part["dataset"], str(part["observations"]), markets]
             rows.append((numbers if k == 0 else ["", "", "", ""]) + described)

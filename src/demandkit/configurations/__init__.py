@@ -8,7 +8,16 @@ string options each defined once (:mod:`.options`). They know nothing of tensors
 from .formulation import Formulation
 from .integration import Integration
 from .iteration import Iteration
-from .micro import MicroDataset, MicroMoment, MicroPart
+from .micro import MicroDataset, MicroMoment, MicroPart, PanelMicroDataset
 from .optimization import Optimization
 
-__all__ = ["Formulation", "Integration", "Iteration", "MicroDataset", "MicroMoment", "MicroPart", "Optimization"]
+__all__ = [
+    "Formulation",
+    "Integration",
+    "Iteration",
+    "MicroDataset",
+    "MicroMoment",
+    "MicroPart",
+    "Optimization",
+    "PanelMicroDataset",
+]

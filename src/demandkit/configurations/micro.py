@@ -1,4 +1,5 @@
-"""Micro moments configured as PyBLP configures them: datasets, parts and moments (Conlon and Gortmaker 2025).
+"""Micro moments configured as PyBLP configures them: datasets, parts and moments (Conlon and Gortmaker 2025),
+and micro data over panels of repeated choices (:class:`PanelMicroDataset`, beyond PyBLP).
 
 A micro dataset :math:`d` (a survey) is defined by its survey weights :math:`w_{dijt}` (or :math:`w_{dijkt}` with
 second choices :math:`k`): the probability that agent type :math:`i` of market :math:`t` who chose :math:`j`
@@ -184,5 +185,62 @@ class MicroMoment:
 
     def __str__(self) -> str:
         return f"{self.name}: {self.value:+.6g} ({', '.join(part.name for part in self.parts)})"
+
+    __repr__ = __str__
+
+
+class PanelMicroDataset(MicroDataset):
+    """A micro dataset of the same individuals' choices in two linked markets (beyond PyBLP).
+
+    Survey respondents are observed choosing in a first market :math:`t` and again in a linked market :math:`t'`
+    (the same households in two periods, say). Individual type :math:`i` keeps its tastes (nodes and demographics)
+    across the pair, and its idiosyncratic shocks are independent across markets, so the joint probability of
+    choosing :math:`j` in :math:`t` and :math:`k` in :math:`t'` is :math:`s_{ijt}\\,s_{ikt'}`, and a part averages
+
+    .. math::
+
+        v_p = \\frac{\\sum_{(t, t')}\\sum_i \\sum_{j, k} w_{it} s_{ijt} s_{ikt'} w_{dijk(t,t')} v_{pijk(t,t')}}
+                   {\\sum_{(t, t')}\\sum_i \\sum_{j, k} w_{it} s_{ijt} s_{ikt'} w_{dijk(t,t')}}.
+
+    The probability of buying the same product again, the persistence of buying a type of product, or switching
+    out of the market are such parts: they measure the spread of tastes directly, as second choices do.
+
+    **How agents are linked.** Agent :math:`i` of market :math:`t'` is the :math:`i`-th agent of :math:`t'` in
+    ``agent_data`` (its rows' order within the market), and it must be the same individual type as the
+    :math:`i`-th agent of :math:`t`: both markets need the same number of agents, the same integration weights, nodes
+    and demographics, and, if ``agent_data`` has an ``agent_ids`` column, the same ids in the same order. Any
+    mismatch is an error naming the pair of markets.
+
+    Parameters
+    ----------
+    name, observations : str, int
+        As in :class:`MicroDataset` (:math:`N_d` counts individuals observed in a pair of markets).
+    market_pairs : sequence of (market id, market id)
+        The linked pairs :math:`(t, t')`.
+    compute_weights : callable
+        ``compute_weights((t, t2), (products, products2), agents) -> weights`` of shape ``I x J_t x J_t'`` with
+        ``1 + J`` on an axis that includes the outside option first (as second choices in :class:`MicroDataset`);
+        ``agents`` are the individuals (the first market's records). Parts on the dataset take the same arguments.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        observations: int,
+        market_pairs: Sequence[tuple[Any, Any]],
+        compute_weights: Callable[..., Any],
+    ) -> None:
+        super().__init__(name, observations, compute_weights)
+        pairs = [tuple(pair) for pair in market_pairs]
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise SpecificationError(
+                f"PanelMicroDataset '{name}': market_pairs must be a non-empty sequence of (market, market) pairs."
+            )
+        if any(first == second for first, second in pairs):
+            raise SpecificationError(f"PanelMicroDataset '{name}': a pair links a market with itself.")
+        self.market_pairs = pairs
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.observations} Observations in {len(self.market_pairs)} Pairs of Markets"
 
     __repr__ = __str__
