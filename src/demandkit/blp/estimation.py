@@ -32,7 +32,7 @@ from .micro import MicroMoments
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
-from .simulation_error import check_finite, resampled_moments, simulation_covariance
+from .simulation_error import simulation_at
 
 EXTREME_SCALE = 1e4
 """Columns with larger absolute values are named as the likely culprit when estimation breaks down numerically:
@@ -224,7 +224,7 @@ def solve(
             problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds, micro
         )
         initial = objective.evaluate(theta, gradient=False)
-        simulation = _simulation(objective, initial, resample_agent_data)
+        simulation = simulation_at(objective, initial, resample_agent_data)
         W_current = _updated_W(problem, system, initial, W_type, center_moments, True, objective, simulation)
         start = torch.where(problem.product_mask, initial.delta, 0.0)
     steps: list[StepResult] = []
@@ -244,7 +244,7 @@ def solve(
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
         last_step = step == (2 if method == "2s" else 1)
-        simulation = _simulation(objective, evaluation, resample_agent_data)
+        simulation = simulation_at(objective, evaluation, resample_agent_data)
         W_current = _updated_W(
             problem, system, evaluation, W_type, center_moments, not last_step, objective, simulation
         )
@@ -349,43 +349,6 @@ def _updated_W(
             stacklevel=4,
         )
     return W
-
-
-def _simulation(
-    objective: GMMObjective, evaluation: Evaluation, resample_agent_data: Callable[[int], Any] | None
-) -> Tensor | None:
-    """The simulation covariance at an evaluation's parameters, or None without ``resample_agent_data``."""
-    if resample_agent_data is None:
-        return None
-    theta = evaluation.theta
-
-    def evaluate(resampled: Any) -> Tensor:
-        model = DemandModel(resampled).fix_nodes(objective.space.sigma0)
-        micro = None if objective.micro is None else MicroMoments(resampled, objective.micro.moments)
-        if micro is not None and objective.micro.sample_covariances is not None:
-            micro.sample_covariances = objective.micro.sample_covariances
-        start = torch.where(resampled.product_mask, evaluation.delta, 0.0)
-        other = GMMObjective(
-            resampled,
-            model,
-            objective.space,
-            objective.iteration,
-            objective.W,
-            start,
-            objective.delta_behavior,
-            EvaluationStats(),
-            objective.costs_bounds,
-            micro,
-        )
-        resampled_evaluation = other.evaluate(theta, gradient=False)
-        residuals = torch.cat(_residuals(resampled_evaluation))
-        values = None
-        if micro is not None:
-            values = torch.as_tensor(resampled_evaluation.micro_values, dtype=residuals.dtype, device=residuals.device)
-        return other.moments(residuals, values)
-
-    moments = resampled_moments(objective.problem, resample_agent_data, evaluate)
-    return check_finite(simulation_covariance(moments))
 
 
 def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluation) -> None:

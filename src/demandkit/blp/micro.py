@@ -24,7 +24,6 @@ exact in value and gradient. The micro moments' covariance is :math:`S_M = F S_P
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,112 +34,18 @@ from ..configurations.micro import MicroDataset, MicroMoment, MicroPart, PanelMi
 from ..exceptions import SpecificationError
 from ..kernels.gmm import invert
 from ..layout.validation import numbered_columns
-
-
-class Records:
-    """One market's products or agents as PyBLP hands them to micro callbacks: attributes ``X2``, ``prices``,
-    ``demographics``, ... (matrices with one row per product or agent) and ``size``; ``records['column']`` reads
-    any column of the user's table."""
-
-    def __init__(self, size: int, fields: dict[str, Any], frame: Any = None) -> None:
-        self.size = size
-        self._fields = fields
-        self._frame = frame
-        for key, value in fields.items():
-            setattr(self, key, value)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name in self._fields:
-            return self._fields[name]
-        if self._frame is not None and name in self._frame.columns:
-            return self._frame[name].to_numpy()
-        raise KeyError(f"No field or column {name!r}.")
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def _column(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
-    if values is None:
-        return None
-    values = np.asarray(values)
-    taken = values[rows]
-    return taken.reshape(len(rows), -1) if taken.ndim == 1 else taken
-
-
-def market_products(problem: Any, t: int) -> Records:
-    """The products of market index ``t`` (in the order of ``product_data``)."""
-    layout = problem.layout
-    rows = layout.rows[t, layout.mask[t]]
-    frame = problem.products.iloc[rows]
-    fields: dict[str, Any] = {
-        "market_ids": _column(problem.market_ids_of_rows, rows),
-        "shares": _column(problem.shares, rows),
-        "X1": _column(problem.design.X1_raw, rows),
-        "X2": _column(problem.design.X2, rows),
-        "ZD": _column(problem.design.ZD, rows),
-        "X3": _column(getattr(problem, "X3_raw", problem.X3), rows),
-        "ZS": _column(problem.ZS, rows),
-    }
-    for name in ("prices", "firm_ids", "clustering_ids", "nesting_ids"):
-        if name in frame.columns:
-            fields[name] = frame[name].to_numpy().reshape(-1, 1)
-    ids = numbered_columns(problem.products, "product_ids", "product_data")
-    if ids:
-        fields["product_ids"] = frame[ids].to_numpy()
-    if problem.ownership is not None:
-        fields["ownership"] = np.asarray(problem.ownership)[t, : len(rows), : len(rows)]
-    return Records(len(rows), fields, frame)
-
-
-def market_agents(problem: Any, t: int) -> Records:
-    """The agents of market index ``t`` (in the order of ``agent_data``, or of the built integration)."""
-    if problem.agent_layout is None:  # the logit: one representative agent of weight one
-        market = problem.layout.market_ids[t]
-        return Records(
-            1,
-            {
-                "market_ids": np.array([[market]], dtype=object),
-                "weights": np.ones((1, 1)),
-                "nodes": np.zeros((1, 0)),
-                "demographics": np.zeros((1, 0)),
-            },
-        )
-    layout = problem.agent_layout
-    rows = layout.rows[t, layout.mask[t]]
-    frame = getattr(problem, "agent_frame", None)
-    fields = {
-        "market_ids": _column(problem.agent_market_ids, rows),
-        "weights": _column(problem.weights, rows),
-        "nodes": _column(problem.nodes, rows),
-        "demographics": _column(problem.demographics, rows) if problem.demographics is not None else None,
-    }
-    frame_rows = None
-    if frame is not None and len(frame) == len(problem.agent_market_ids):
-        frame_rows = frame.iloc[rows]
-        if "agent_ids" in frame.columns:
-            fields["agent_ids"] = frame_rows["agent_ids"].to_numpy().reshape(-1, 1)
-    return Records(len(rows), fields, frame_rows)
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """One dataset's survey weights and its parts' values as padded tensors."""
-
-    dataset: MicroDataset
-    markets: Tensor  # [T_d] market indices
-    weights: Tensor  # [T_d, I, 1 + J] or [T_d, I, 1 + J, 1 + J]
-    values: Tensor  # [P_d, T_d, I, 1 + J(, 1 + J)]
-    parts: list[int]  # global indices of the dataset's parts
-    outside_first: bool  # the user's arrays include the outside option as a first choice
-    outside_second: bool  # ... and as a second choice
-    groups: Tensor | None  # [T_d, 1 + J] group codes of products removed with the first choice (second choices)
-    compact: bool = False  # weights and values are the same for every agent: stored once, summed over agents
-    linked: Tensor | None = None  # [T_d] the second market of each pair (PanelMicroDataset)
-
-    @property
-    def second_choices(self) -> bool:
-        return self.weights.dim() == 4
+from .micro_layout import (
+    DatasetLayout,
+    agent_invariant,
+    checked_array,
+    choice_axes,
+    linked_agents,
+    market_agents,
+    market_products,
+    outer_factors,
+    pad_choices,
+    panel_choice_axes,
+)
 
 
 class MicroMoments:
@@ -219,8 +124,10 @@ class MicroMoments:
         for t in markets.tolist():  # set-up only: the callbacks are per market by PyBLP's definition
             products, agents = market_products(p, t), market_agents(p, t)
             market = p.layout.market_ids[t]
-            raw = _array(dataset.compute_weights(market, products, agents), f"MicroDataset '{dataset.name}'", market)
-            this_kind = _kind(raw, agents.size, products.size, f"MicroDataset '{dataset.name}'", market)
+            raw = checked_array(
+                dataset.compute_weights(market, products, agents), f"MicroDataset '{dataset.name}'", market
+            )
+            this_kind = choice_axes(raw, agents.size, products.size, f"MicroDataset '{dataset.name}'", market)
             if kind is None:
                 kind = this_kind
             elif this_kind != kind:
@@ -230,18 +137,20 @@ class MicroMoments:
                 )
             second = len(kind) == 2
             shape = (I, J + 1, J + 1) if second else (I, J + 1)
-            compact = compact and _agent_invariant(raw)
-            weights_list.append(_pad(raw, kind, shape))
+            compact = compact and agent_invariant(raw)
+            weights_list.append(pad_choices(raw, kind, shape))
             for slot, k in enumerate(parts):
                 part = self.parts[k]
-                values = _array(part.compute_values(market, products, agents), f"MicroPart '{part.name}'", market)
+                values = checked_array(
+                    part.compute_values(market, products, agents), f"MicroPart '{part.name}'", market
+                )
                 if values.shape != raw.shape:
                     raise SpecificationError(
                         f"MicroPart '{part.name}': compute_values returns shape {values.shape} in market "
                         f"{market!r}, but its dataset '{dataset.name}' has weights of shape {raw.shape}."
                     )
-                compact = compact and _agent_invariant(values)
-                values_list[slot].append(_pad(values, kind, shape))
+                compact = compact and agent_invariant(values)
+                values_list[slot].append(pad_choices(values, kind, shape))
         assert kind is not None and shape is not None
         weights = np.stack(weights_list)
         if compact:  # one row per market: every agent's row is the first's (padded agents' rows are zero)
@@ -260,6 +169,10 @@ class MicroMoments:
                 )
             groups = self._groups(dataset, markets)
         tensor = lambda a: torch.as_tensor(a, dtype=p.dtype, device=p.device)  # noqa: E731
+        factors = None
+        if len(kind) == 1 and not compact and parts:
+            outer = outer_factors(values)
+            factors = None if outer is None else (tensor(outer[0]), tensor(outer[1]))
         return DatasetLayout(
             dataset,
             torch.as_tensor(markets, device=p.device),
@@ -270,6 +183,8 @@ class MicroMoments:
             kind[-1] if len(kind) == 2 else False,
             groups,
             compact,
+            None,
+            factors,
         )
 
     def _lay_out_panel(self, dataset: PanelMicroDataset) -> DatasetLayout:
@@ -292,10 +207,12 @@ class MicroMoments:
         weights_list, values_list = [], [[] for _ in parts]
         for pair in dataset.market_pairs:  # set-up only: one callback per pair of markets
             first, second = index[pair[0]], index[pair[1]]
-            agents = _linked_agents(p, first, second, dataset.name, pair)
+            agents = linked_agents(p, first, second, dataset.name, pair)
             products = (market_products(p, first), market_products(p, second))
-            raw = _array(dataset.compute_weights(pair, products, agents), f"PanelMicroDataset '{dataset.name}'", pair)
-            this_kind = _panel_kind(raw, agents.size, products[0].size, products[1].size, dataset.name, pair)
+            raw = checked_array(
+                dataset.compute_weights(pair, products, agents), f"PanelMicroDataset '{dataset.name}'", pair
+            )
+            this_kind = panel_choice_axes(raw, agents.size, products[0].size, products[1].size, dataset.name, pair)
             if kind is None:
                 kind = this_kind
             elif this_kind != kind:
@@ -303,18 +220,18 @@ class MicroMoments:
                     f"PanelMicroDataset '{dataset.name}': compute_weights returns shape {raw.shape} for the pair "
                     f"{pair!r}, a different kind (outside options) than for the dataset's earlier pairs."
                 )
-            compact = compact and _agent_invariant(raw)
-            weights_list.append(_pad(raw, kind, (I, J + 1, J + 1)))
+            compact = compact and agent_invariant(raw)
+            weights_list.append(pad_choices(raw, kind, (I, J + 1, J + 1)))
             for slot, k in enumerate(parts):
                 part = self.parts[k]
-                values = _array(part.compute_values(pair, products, agents), f"MicroPart '{part.name}'", pair)
+                values = checked_array(part.compute_values(pair, products, agents), f"MicroPart '{part.name}'", pair)
                 if values.shape != raw.shape:
                     raise SpecificationError(
                         f"MicroPart '{part.name}': compute_values returns shape {values.shape} for the pair {pair!r}, "
                         f"but its dataset '{dataset.name}' has weights of shape {raw.shape}."
                     )
-                compact = compact and _agent_invariant(values)
-                values_list[slot].append(_pad(values, kind, (I, J + 1, J + 1)))
+                compact = compact and agent_invariant(values)
+                values_list[slot].append(pad_choices(values, kind, (I, J + 1, J + 1)))
         assert kind is not None
         if compact:
             weights_list = [w[:1] for w in weights_list]
@@ -382,8 +299,8 @@ class MicroMoments:
             return w * s * layout.weights
         groups = layout.groups  # [T_d, 1 + J]
         same = groups.unsqueeze(-1) == groups.unsqueeze(-2)  # [T_d, 1 + J (j), 1 + J (k)]: k removed with j
-        removed = torch.einsum("tik,tjk->tij", s, same.to(s.dtype))  # sum of s_il over l in h(j)
-        remaining = (1 - removed).clamp(min=torch.finfo(s.dtype).tiny)
+        # 1 - sum of s_il over l in h(j), summed directly (no cancellation when the first choice is near certain)
+        remaining = torch.einsum("tik,tjk->tij", s, (~same).to(s.dtype)).clamp(min=torch.finfo(s.dtype).tiny)
         if layout.compact:  # sum_i w_i s_ij s_ik / (1 - s_ih(j)) as one batched product: no [I, J, J] array
             joint = torch.bmm((w * s / remaining).transpose(1, 2), s)
             return torch.where(same, 0.0, joint).unsqueeze(1) * layout.weights
@@ -394,8 +311,13 @@ class MicroMoments:
         """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable)."""
         values = probabilities.new_zeros(len(self.parts))
         for layout in self.layouts:  # a loop over datasets
-            q = self.sampling_weights(layout, probabilities, agent_weights).reshape(-1)
-            numerators = layout.values.reshape(len(layout.parts), -1) @ q
+            q = self.sampling_weights(layout, probabilities, agent_weights)
+            if layout.factors is not None:  # sum_t a_pt' q_t b_pt without the [P, T, I, 1 + J] values
+                a, b = layout.factors
+                weighted = torch.bmm(q, b.permute(1, 2, 0))  # [T_d, I, P_d]
+                numerators = (weighted * a.permute(1, 2, 0)).sum((0, 1))
+            else:
+                numerators = layout.values.reshape(len(layout.parts), -1) @ q.reshape(-1)
             index = torch.as_tensor(layout.parts, device=values.device)
             values = values.index_put((index,), numerators / q.sum())
         return values
@@ -451,82 +373,6 @@ def _unique(names: list[str], what: str) -> None:
         if name in seen:
             raise SpecificationError(f"Two different {what}s are named '{name}': names must be unique.")
         seen.add(name)
-
-
-def _array(result: Any, owner: str, market: Any) -> np.ndarray:
-    try:
-        array = np.asarray(result, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise SpecificationError(f"{owner}: market {market!r} returned values that are not numeric.") from error
-    if not np.isfinite(array).all():
-        raise SpecificationError(f"{owner}: market {market!r} returned non-finite values (NaN or infinity).")
-    return array
-
-
-def _linked_agents(problem: Any, first: int, second: int, name: str, pair: tuple) -> Records:
-    """The individuals of a pair of linked markets (the first market's records), after checking that the second
-    market's agents are the same individual types in the same order."""
-    agents, later = market_agents(problem, first), market_agents(problem, second)
-    where = f"PanelMicroDataset '{name}', markets {pair!r}"
-    if agents.size != later.size:
-        raise SpecificationError(
-            f"{where}: {agents.size} and {later.size} agents; linked markets need the same agents."
-        )
-    for field in ("agent_ids", "weights", "nodes", "demographics"):
-        a, b = agents._fields.get(field), later._fields.get(field)
-        if a is None or b is None:
-            continue
-        same = np.array_equal(a, b) if field == "agent_ids" else np.allclose(a, b, rtol=1e-12, atol=1e-12)
-        if not same:
-            raise SpecificationError(
-                f"{where}: the agents' {field} differ; agent i of the second market must be agent i of the first "
-                "(same order, nodes, demographics and weights)."
-            )
-    return agents
-
-
-def _panel_kind(weights: np.ndarray, I: int, J: int, J2: int, name: str, pair: tuple) -> tuple[bool, bool]:
-    """Whether each market's axis of a panel dataset's weights includes the outside option."""
-    for first in (False, True):
-        for second in (False, True):
-            if weights.shape == (I, J + first, J2 + second):
-                return first, second
-    raise SpecificationError(
-        f"PanelMicroDataset '{name}': compute_weights returns shape {weights.shape} for the pair {pair!r}, whose "
-        f"markets have {J} and {J2} products and {I} agents: expected ({I}, {J} or {J + 1}, {J2} or {J2 + 1})."
-    )
-
-
-def _agent_invariant(array: np.ndarray) -> bool:
-    """Whether every agent's (first-axis) slice of a market's array equals the first agent's."""
-    return bool((array == array[:1]).all())
-
-
-def _kind(weights: np.ndarray, I: int, J: int, owner: str, market: Any) -> tuple[bool, ...]:
-    """Whether each choice axis includes the outside option, from the shape of the weights."""
-    allowed = {(I, J): (False,), (I, J + 1): (True,)}
-    for first in (False, True):
-        for second in (False, True):
-            allowed[(I, J + first, J + second)] = (first, second)
-    if weights.shape not in allowed or (J == 0):
-        raise SpecificationError(
-            f"{owner}: compute_weights returns shape {weights.shape} in market {market!r}, which has {I} agents "
-            f"and {J} products: expected ({I}, {J}) or ({I}, {J + 1}) (outside option first), or with second "
-            f"choices ({I}, {J} or {J + 1}, {J} or {J + 1})."
-        )
-    return allowed[weights.shape]
-
-
-def _pad(array: np.ndarray, kind: tuple[bool, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """The user's array in the padded layout, outside option at index 0 of each choice axis (zero if absent)."""
-    padded = np.zeros(shape)
-    I = array.shape[0]
-    index: list[slice] = [slice(0, I)]
-    for axis, outside in enumerate(kind, start=1):
-        size = array.shape[axis]
-        index.append(slice(0, size) if outside else slice(1, 1 + size))
-    padded[tuple(index)] = array
-    return padded
 
 
 def _statistic(moment: MicroMoment, v: np.ndarray) -> tuple[float, np.ndarray]:

@@ -29,6 +29,7 @@ from torch import Tensor
 from ..configurations.iteration import Iteration
 from ..kernels.absorption import Absorb
 from ..kernels.gmm import LinearIV
+from ..kernels.shares import LogitProbabilities
 from .demand import DemandModel
 from .micro import MicroMoments
 from .parameters import ParameterSpace
@@ -159,6 +160,8 @@ class GMMObjective:
         """Choice probabilities ``[T, I, 1 + J]`` (outside option first) at ``delta``, differentiable."""
         if mu is None and self.problem.K2:
             mu = self.model.mu(sigma, pi)
+        if self.model.nesting is None:  # the logit's kernel: one pass and a closed-form backward
+            return self.micro.choice_probabilities(LogitProbabilities.apply(delta, mu, self.problem.product_mask))
         inside = torch.exp(self.model.probabilities(delta, mu, rho).log_probabilities)
         return self.micro.choice_probabilities(torch.where(self.problem.product_mask.unsqueeze(-1), inside, 0.0))
 

@@ -20,6 +20,7 @@ from .demand import DemandModel
 from .diagnostics import first_stage
 from .inference import SpecificationTests, mean_moments
 from .micro_results import compute_micro_values
+from .micro_scores import build_optimal_micro_moments, compute_agent_scores, compute_micro_scores, simulate_micro_data
 from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
 from .summary import format_results
@@ -171,6 +172,36 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         See :func:`demandkit.blp.micro_results.compute_micro_values`.
         """
         return compute_micro_values(self, micro_moments)
+
+    def simulate_micro_data(self, dataset: Any, seed: Any = None) -> pd.DataFrame:
+        """Observations of a micro dataset drawn at the estimates (PyBLP's method; a DataFrame with its fields).
+
+        See :func:`demandkit.blp.micro_scores.simulate_micro_data`.
+        """
+        return simulate_micro_data(self, dataset, seed)
+
+    def compute_micro_scores(self, dataset: Any, micro_data: Any, integration: Any = None) -> list[np.ndarray]:
+        """Scores :math:`\\partial \\log P_n/\\partial\\theta` of micro observations, one array per parameter.
+
+        See :func:`demandkit.blp.micro_scores.compute_micro_scores`.
+        """
+        return compute_micro_scores(self, dataset, micro_data, integration)
+
+    def compute_agent_scores(self, dataset: Any, micro_data: Any = None, integration: Any = None) -> list[dict]:
+        """Scores of every agent-choice, by market (for optimal micro moments' values).
+
+        See :func:`demandkit.blp.micro_scores.compute_agent_scores`.
+        """
+        return compute_agent_scores(self, dataset, micro_data, integration)
+
+    def build_optimal_micro_moments(
+        self, dataset: Any, micro_data: Any, integration: Any = None, **options: Any
+    ) -> list:
+        """Optimal micro moments (Conlon and Gortmaker 2025): the mean micro scores matched by the model's.
+
+        See :func:`demandkit.blp.micro_scores.build_optimal_micro_moments`.
+        """
+        return build_optimal_micro_moments(self, dataset, micro_data, integration, **options)
 
     def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> OptimalInstrumentResults:
         """Chamberlain (1987) optimal instruments.

@@ -25,6 +25,9 @@ import torch
 from torch import Tensor
 
 from ..exceptions import SpecificationError
+from .demand import DemandModel
+from .micro import MicroMoments
+from .objective import Evaluation, EvaluationStats, GMMObjective
 
 
 def resampled_moments(
@@ -93,3 +96,42 @@ def check_finite(covariance: Tensor) -> Tensor:
             "that resample_agent_data returns."
         )
     return covariance
+
+
+def simulation_at(
+    objective: GMMObjective, evaluation: Evaluation, resample_agent_data: Callable[[int], Any] | None
+) -> Tensor | None:
+    """The simulation covariance at an evaluation's parameters, or None without ``resample_agent_data``."""
+    if resample_agent_data is None:
+        return None
+    theta = evaluation.theta
+
+    def evaluate(resampled: Any) -> Tensor:
+        model = DemandModel(resampled).fix_nodes(objective.space.sigma0)
+        micro = None if objective.micro is None else MicroMoments(resampled, objective.micro.moments)
+        if micro is not None and objective.micro.sample_covariances is not None:
+            micro.sample_covariances = objective.micro.sample_covariances
+        start = torch.where(resampled.product_mask, evaluation.delta, 0.0)
+        other = GMMObjective(
+            resampled,
+            model,
+            objective.space,
+            objective.iteration,
+            objective.W,
+            start,
+            objective.delta_behavior,
+            EvaluationStats(),
+            objective.costs_bounds,
+            micro,
+        )
+        resampled_evaluation = other.evaluate(theta, gradient=False)
+        residuals = torch.cat(
+            [resampled_evaluation.xi] + ([resampled_evaluation.omega] if resampled_evaluation.omega is not None else [])
+        )
+        values = None
+        if micro is not None:
+            values = torch.as_tensor(resampled_evaluation.micro_values, dtype=residuals.dtype, device=residuals.device)
+        return other.moments(residuals, values)
+
+    moments = resampled_moments(objective.problem, resample_agent_data, evaluate)
+    return check_finite(simulation_covariance(moments))
