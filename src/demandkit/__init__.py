@@ -1,6 +1,7 @@
 """demandkit: structural demand estimation on a batched PyTorch engine, with PyBLP's interface."""
 
 from . import data, exceptions, frac, montecarlo, replications
+from .blp.bootstrap import BootstrappedResults
 from .blp.optimal_instruments import OptimalInstrumentResults
 from .blp.problem import Problem
 from .blp.results import ProblemResults
@@ -19,6 +20,7 @@ from .simulation.simulation import Simulation, SimulationResults
 __version__ = "0.1.0"
 
 __all__ = [
+    "BootstrappedResults",
     "Formulation",
     "Integration",
     "IntegratedProblem",

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from ..persistence import Persistent
+from .bootstrap import BootstrappedResults, bootstrap
 from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
@@ -153,6 +154,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         se = np.full(space.P + len(space.eliminated_beta) + len(space.eliminated_gamma), np.nan)
         estimated = slice(None) if covariances.estimated is None else covariances.estimated
         se[estimated] = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
+        self._standard_error_vector = se  # over (theta, concentrated beta, concentrated gamma); NaN if not estimated
         self.sigma_se, self.pi_se, self.rho_se, self.beta_se, self.gamma_se = _standard_errors(space, se)
         self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
         self.moments = mean_moments(problem, self.xi, self.omega)
@@ -202,6 +204,15 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         See :func:`demandkit.blp.micro_scores.build_optimal_micro_moments`.
         """
         return build_optimal_micro_moments(self, dataset, micro_data, integration, **options)
+
+    def bootstrap(
+        self, draws: int = 1000, seed: int | None = None, iteration: Any = None, constant_costs: bool = True
+    ) -> BootstrappedResults:
+        """Parametric bootstrap: PyBLP's parameter draws, batched over draws.
+
+        See :func:`demandkit.blp.bootstrap.bootstrap`.
+        """
+        return bootstrap(self, draws, seed, iteration, constant_costs)
 
     def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> OptimalInstrumentResults:
         """Chamberlain (1987) optimal instruments.
