@@ -2,6 +2,7 @@
 
 from . import data, exceptions, frac, montecarlo, replications
 from .blp.bootstrap import BootstrappedResults
+from .blp.importance_sampling import ImportanceSamplingResults
 from .blp.optimal_instruments import OptimalInstrumentResults
 from .blp.problem import Problem
 from .blp.results import ProblemResults
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BootstrappedResults",
+    "ImportanceSamplingResults",
     "Formulation",
     "Integration",
     "IntegratedProblem",

@@ -19,6 +19,7 @@ from .bootstrap import BootstrappedResults, bootstrap
 from .counterfactuals import SupplyPostEstimation
 from .demand import DemandModel
 from .diagnostics import first_stage
+from .importance_sampling import ImportanceSamplingResults, importance_sampling
 from .inference import SpecificationTests, mean_moments
 from .micro_results import compute_micro_values
 from .micro_scores import build_optimal_micro_moments, compute_agent_scores, compute_micro_scores, simulate_micro_data
@@ -213,6 +214,21 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         See :func:`demandkit.blp.bootstrap.bootstrap`.
         """
         return bootstrap(self, draws, seed, iteration, constant_costs)
+
+    def importance_sampling(
+        self,
+        draws: int,
+        ar_constant: float = 1.0,
+        seed: int | None = None,
+        agent_data: Any = None,
+        integration: Any = None,
+        delta: Any = None,
+    ) -> ImportanceSamplingResults:
+        """Agents drawn by importance sampling at the estimates (Berry, Levinsohn and Pakes 1995).
+
+        See :func:`demandkit.blp.importance_sampling.importance_sampling`.
+        """
+        return importance_sampling(self, draws, ar_constant, seed, agent_data, integration, delta)
 
     def compute_optimal_instruments(self, *args: Any, **kwargs: Any) -> OptimalInstrumentResults:
         """Chamberlain (1987) optimal instruments.
