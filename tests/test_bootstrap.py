@@ -64,3 +64,17 @@ def test_bootstrap_centres_on_the_estimates_and_validates():
     np.testing.assert_array_equal(first, results.bootstrap(draws=3, seed=1).bootstrapped_shares)
     with pytest.raises(SpecificationError, match="draws must be a positive integer"):
         results.bootstrap(draws=0)
+
+
+@pytest.mark.pyblp
+def test_bootstrap_with_supply_matches_pyblps_equilibrium_prices():
+    """Costs drawn through gamma set new equilibrium prices per draw (the log-cost design with Pi of the supply
+    oracle tests, at the truth): prices, shares, mean utilities and elasticities at them agree to 1e-10."""
+    import test_supply_oracle as oracle
+
+    theirs, ours = (results.bootstrap(draws=5, seed=2) for results in oracle.solved("log_truth"))
+    for name in ("gamma", "prices", "shares", "delta"):
+        assert relative(getattr(ours, f"bootstrapped_{name}"), getattr(theirs, f"bootstrapped_{name}")) < 1e-10, name
+    assert relative(ours.compute_elasticities(), theirs.compute_elasticities()) < 1e-10
+    assert relative(ours.compute_costs(), theirs.compute_costs()) < 1e-10
+    assert ours.fp_converged.all()

@@ -6,15 +6,20 @@ draws them (``numpy.random.RandomState(seed).multivariate_normal``) and clipped 
 draw implies mean utilities :math:`\\delta_b = \\hat\\delta + X_1(\\beta_b - \\hat\\beta)` (the structural errors
 and any absorbed fixed effects held at their estimates; without absorbed fixed effects this is PyBLP's
 :math:`X_1\\beta_b + \\hat\\xi`) and shares :math:`s_b = s(\\delta_b, \\theta_b)` at the observed prices, computed
-for a chunk of draws and every market at once as ``[B, T, J, I]`` tensors. :class:`BootstrappedResults` gives
+for a chunk of draws and every market at once as ``[B, T, J, I]`` tensors. With a supply side, each draw's
+marginal costs :math:`\\tilde c_b = \\tilde c(\\hat c) + X_3(\\gamma_b - \\hat\\gamma)` (``log`` or levels) set new
+equilibrium prices :math:`p_b = c_b + \\zeta_b(p_b)` (the :math:`\\zeta`-markup iteration, every market at once, one
+draw at a time), and :math:`\\delta_b` and :math:`s_b` are those at :math:`p_b`. :class:`BootstrappedResults` gives
 PyBLP's post-estimation methods with a leading axis of draws: each draw's statistic is the
-:class:`~demandkit.blp.results.ProblemResults` method evaluated at that draw (batched over markets).
+:class:`~demandkit.blp.results.ProblemResults` method evaluated at that draw (batched over markets; with a supply
+side, on the data with the draw's prices and shares).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ from torch import Tensor
 from ..exceptions import SpecificationError
 from ..kernels.shares import MASKED
 from ..persistence import Persistent
+from .demand import DemandModel
 
 CHUNK_ELEMENTS = 2**25
 """Largest ``[draws, T, J, I]`` block the batched shares form at once (about 270 MB in float64)."""
@@ -149,9 +155,11 @@ def bootstrap(
         Number of draws :math:`B`.
     seed : int, optional
         Seeds ``numpy.random.RandomState``: the same parameter draws as PyBLP's for the same seed.
-    iteration, constant_costs
-        Accepted for PyBLP's signature; with a supply side, bootstrapped equilibrium prices are not computed yet
-        (an error says so).
+    iteration : Iteration, optional
+        With a supply side, how equilibrium prices are iterated; PyBLP's ``Iteration('simple', {'atol': 1e-12})``
+        by default.
+    constant_costs : bool
+        Marginal costs stay as drawn while prices move (the only option here: costs do not depend on shares).
 
     Returns
     -------
@@ -160,12 +168,8 @@ def bootstrap(
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise SpecificationError(f"draws must be a positive integer; received {draws!r}.")
     problem = results.problem
-    if problem.K3:
-        raise SpecificationError(
-            "bootstrap with a supply side would recompute equilibrium prices for each draw, which demandkit does "
-            "not do yet: bootstrap the demand side (a Problem without X3) or draw parameters with "
-            "results.parameter_covariances."
-        )
+    if not constant_costs:
+        raise SpecificationError("constant_costs=False (costs that move with shares) is not supported.")
     start = time.perf_counter()
     drawn = draw_parameters(results, int(draws), seed)
     unpacked = _unpack(results, drawn)
@@ -186,7 +190,7 @@ def bootstrap(
             torch.as_tensor(unpacked["pi"], **kwargs),
             torch.as_tensor(unpacked["rho"][:, :, 0], **kwargs),
         )
-    return BootstrappedResults(
+    bootstrapped = BootstrappedResults(
         results,
         unpacked,
         delta,
@@ -194,6 +198,39 @@ def bootstrap(
         shares[:, rows_market, rows_slot].cpu().numpy()[..., None],
         time.perf_counter() - start,
     )
+    if problem.K3:
+        _equilibrium(bootstrapped, iteration)
+        bootstrapped.computation_time = time.perf_counter() - start
+    return bootstrapped
+
+
+def _equilibrium(bootstrapped: BootstrappedResults, iteration: Any) -> None:
+    """Each draw's costs, equilibrium prices, and the shares and mean utilities at them (supply side)."""
+    from ..configurations.iteration import Iteration
+
+    results = bootstrapped.problem_results
+    problem = results.problem
+    iteration = iteration or Iteration("simple", {"atol": 1e-12})
+    costs = results.compute_costs()[:, 0]
+    transformed = np.log(costs) if problem.costs_type == "log" else costs
+    prices, shares, deltas, converged = [], [], [], []
+    for b in range(bootstrapped.draws):  # a loop over draws; each solves every market's equilibrium at once
+        change = problem.X3_raw @ (bootstrapped.bootstrapped_gamma[b, :, 0] - results.gamma[:, 0])
+        drawn_costs = np.exp(transformed + change) if problem.costs_type == "log" else transformed + change
+        clone = bootstrapped.demand_draw(b)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            new_prices = clone.compute_prices(costs=drawn_costs, iteration=iteration)[:, 0]
+        converged.append(not any("did not converge" in str(w.message) for w in caught))
+        prices.append(new_prices)
+        shares.append(clone.compute_shares(prices=new_prices)[:, 0])
+        frame = problem.products.assign(prices=new_prices)
+        X1_new = problem.product_formulations[0].build_matrix(frame)[0]
+        deltas.append(clone.delta[:, 0] + (X1_new - problem.design.X1_raw) @ clone.beta[:, 0])
+    bootstrapped.bootstrapped_prices = np.stack(prices)[..., None]
+    bootstrapped.bootstrapped_shares = np.stack(shares)[..., None]
+    bootstrapped.bootstrapped_delta = np.stack(deltas)[..., None]
+    bootstrapped.fp_converged = np.array(converged).reshape(-1, 1)
 
 
 class BootstrappedResults(Persistent):
@@ -236,14 +273,43 @@ class BootstrappedResults(Persistent):
         self.bootstrapped_prices = np.repeat(prices, self.draws, axis=0)
         self._delta_padded = delta_padded
         self.computation_time = seconds
+        self.fp_converged = np.ones((self.draws, 1), dtype=bool)
 
-    def draw(self, b: int) -> Any:
-        """The :class:`~demandkit.blp.results.ProblemResults` of draw ``b`` (its parameters and mean utilities)."""
+    def demand_draw(self, b: int) -> Any:
+        """The :class:`~demandkit.blp.results.ProblemResults` of draw ``b`` at the data's prices."""
         clone = copy.copy(self.problem_results)
         for name in ("sigma", "pi", "rho", "beta", "gamma"):
             setattr(clone, name, getattr(self, f"bootstrapped_{name}")[b])
         clone.sigma_squared = clone.sigma @ clone.sigma.T
         clone._delta_padded = self._delta_padded[b]
+        clone.delta = self.problem_results.problem.layout.unpad(self._delta_padded[b].cpu().numpy()).reshape(-1, 1)
+        return clone
+
+    def draw(self, b: int) -> Any:
+        """The :class:`~demandkit.blp.results.ProblemResults` of draw ``b``: its parameters and mean utilities, and
+        with a supply side its equilibrium prices and shares (on a problem rebuilt with them)."""
+        clone = self.demand_draw(b)
+        results = self.problem_results
+        problem = results.problem
+        if not problem.K3:
+            return clone
+        frame = problem.products.assign(
+            prices=self.bootstrapped_prices[b, :, 0], shares=self.bootstrapped_shares[b, :, 0]
+        )
+        clone.problem = type(problem)(
+            problem.product_formulations,
+            frame,
+            problem.agent_formulation,
+            getattr(problem, "agent_frame", None),
+            problem.integration,
+            rc_types=problem.rc_types,
+            costs_type=problem.costs_type,
+            add_exogenous=problem.add_exogenous,
+            device=str(problem.device),
+            dtype=problem.dtype,
+        )
+        clone.model = DemandModel(clone.problem).fix_nodes(results._space.sigma0)
+        clone._delta_padded = clone.problem.padded(self.bootstrapped_delta[b, :, 0])
         clone.delta = self.bootstrapped_delta[b]
         return clone
 
