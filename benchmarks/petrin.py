@@ -133,5 +133,5 @@ if __name__ == "__main__":
         __doc__,
         ["pi[-prices,high/income]", "sigma[1,1]"],
         key_estimates,
-        ("beta", "sigma", "pi", "gamma"),
+        ("beta", "sigma", "pi", "gamma", "sigma_se", "pi_se", "beta_se", "gamma_se", "micro_values"),
     )
