@@ -88,6 +88,12 @@ class MicroMoments:
         self.part_index = [[self._index(part) for part in moment.parts] for moment in moments]
         self.observed = torch.tensor([m.value for m in moments], dtype=problem.dtype, device=problem.device)
         self.layouts = [self._lay_out(dataset) for dataset in self.datasets]
+        self.nests = None  # [T, 1 + J, H] nest membership (the outside option in none) under nesting
+        if problem.H:
+            codes = torch.where(problem.product_mask, problem.nesting_codes, -1)
+            members = torch.nn.functional.one_hot(codes.clamp(min=0), problem.H).to(problem.dtype)
+            members = members * problem.product_mask.unsqueeze(-1)
+            self.nests = torch.cat([torch.zeros_like(members[:, :1]), members], dim=1)
         self.sample_covariances = None
         if sample_covariances is not None:
             # the covariance of the sample statistics f(v-bar); S_M is that of sqrt(N) times them (PyBLP's scaling)
@@ -162,11 +168,6 @@ class MicroMoments:
         values = np.stack([np.stack(v) for v in values_list]) if parts else np.zeros((0,) + weights.shape)
         groups = None
         if len(kind) == 2:
-            if p.H:
-                raise SpecificationError(
-                    f"MicroDataset '{dataset.name}': second-choice micro moments are not supported with nesting "
-                    "(nesting_ids) yet."
-                )
             groups = self._groups(dataset, markets)
         tensor = lambda a: torch.as_tensor(a, dtype=p.dtype, device=p.device)  # noqa: E731
         factors = None
@@ -284,7 +285,36 @@ class MicroMoments:
         outside = (1 - inside.sum(-1, keepdim=True)).clamp(min=0)
         return torch.cat([outside, inside], dim=-1)
 
-    def sampling_weights(self, layout: DatasetLayout, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
+    def nested_second_choices(self, layout: DatasetLayout, s: Tensor, rho: Tensor) -> Tensor:
+        """:math:`s_{ik(-h(j))t}` under nesting, ``[T_d, I, 1 + J (j), 1 + J (k)]``, from the probabilities alone.
+
+        With nest shares :math:`P_g`, within-nest probabilities :math:`P_{k|g}` and the within-nest mass that
+        survives the removal of :math:`h(j)`, :math:`F_g = \\sum_{l \\in g \\setminus h(j)} P_{l|g}` (summed
+        directly), the nests' inclusive values scale so that nest :math:`g` weighs :math:`P_g F_g^{1 - \\rho_g}`;
+        then :math:`s_{ik(-h(j))} = P_{g(k)} F_{g(k)}^{1-\\rho} P_{k|g}/F_{g(k)} / D` for :math:`k \\notin h(j)`, the
+        outside option :math:`s_{i0}/D`, with :math:`D` the sum of the remaining weights.
+        """
+        nests = self.nests[layout.markets]  # [T_d, 1 + J, H]
+        H = nests.shape[-1]
+        rho_h = rho.reshape(-1).expand(H) if rho.numel() == 1 else rho.reshape(-1)
+        groups = layout.groups
+        kept = (groups.unsqueeze(-1) != groups.unsqueeze(-2)).to(s.dtype)  # [T_d, j, l]: l survives removing h(j)
+        nest_shares = torch.einsum("til,tlh->tih", s, nests)  # P_g
+        within = torch.einsum("tih,tlh->til", 1 / nest_shares.clamp(min=torch.finfo(s.dtype).tiny), nests) * s
+        surviving = torch.einsum("til,tlh,tjl->tijh", within, nests, kept)  # F_g after removing h(j)
+        positive = surviving > 0
+        safe = torch.where(positive, surviving, 1.0)
+        weights = torch.where(positive, nest_shares.unsqueeze(2) * safe ** (1 - rho_h), 0.0)  # [T_d, I, j, H]
+        outside = s[..., :1].unsqueeze(2) * kept[:, :, :1].unsqueeze(1)  # [T_d, I, j, 1]: zero when j = 0
+        total = outside.squeeze(-1) + weights.sum(-1)  # D
+        scale = torch.where(positive, weights / safe, 0.0)  # P_g F^(1 - rho) / F
+        inside = torch.einsum("tijh,tkh->tijk", scale, nests) * within.unsqueeze(2) * kept.unsqueeze(1)
+        second = torch.cat([outside, inside[..., 1:]], dim=-1)
+        return second / total.clamp(min=torch.finfo(s.dtype).tiny).unsqueeze(-1)
+
+    def sampling_weights(
+        self, layout: DatasetLayout, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None
+    ) -> Tensor:
         """:math:`q = w_{it} s_{ijt} (s_{ik(-h(j))t}) w_{dij(k)t}` over the dataset's markets."""
         s = probabilities[layout.markets]  # [T_d, I, 1 + J]
         w = agent_weights[layout.markets].unsqueeze(-1)
@@ -297,6 +327,10 @@ class MicroMoments:
             if layout.compact:  # summed over agents: [T_d, 1, 1 + J]
                 return (w * s).sum(1, keepdim=True) * layout.weights
             return w * s * layout.weights
+        if self.nests is not None:  # nesting: the probabilities after a removal need the nests' weights
+            assert rho is not None
+            q = (w * s).unsqueeze(-1) * self.nested_second_choices(layout, s, rho)
+            return (q.sum(1, keepdim=True) if layout.compact else q) * layout.weights
         groups = layout.groups  # [T_d, 1 + J]
         same = groups.unsqueeze(-1) == groups.unsqueeze(-2)  # [T_d, 1 + J (j), 1 + J (k)]: k removed with j
         # 1 - sum of s_il over l in h(j), summed directly (no cancellation when the first choice is near certain)
@@ -307,11 +341,11 @@ class MicroMoments:
         second = torch.where(same.unsqueeze(1), 0.0, s.unsqueeze(-2) / remaining.unsqueeze(-1))
         return (w * s).unsqueeze(-1) * second * layout.weights
 
-    def part_values(self, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
-        """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable)."""
+    def part_values(self, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None) -> Tensor:
+        """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable; ``rho`` under nesting)."""
         values = probabilities.new_zeros(len(self.parts))
         for layout in self.layouts:  # a loop over datasets
-            q = self.sampling_weights(layout, probabilities, agent_weights)
+            q = self.sampling_weights(layout, probabilities, agent_weights, rho)
             if layout.factors is not None:  # sum_t a_pt' q_t b_pt without the [P, T, I, 1 + J] values
                 a, b = layout.factors
                 weighted = torch.bmm(q, b.permute(1, 2, 0))  # [T_d, I, P_d]
@@ -338,12 +372,14 @@ class MicroMoments:
         f = torch.as_tensor(values, dtype=parts.dtype, device=parts.device) + F_tensor @ (parts - parts.detach())
         return f, values, F
 
-    def part_covariances(self, probabilities: Tensor, agent_weights: Tensor, parts: Tensor) -> Tensor:
+    def part_covariances(
+        self, probabilities: Tensor, agent_weights: Tensor, parts: Tensor, rho: Tensor | None = None
+    ) -> Tensor:
         """:math:`S_P`, ``[P, P]``: :math:`N/N_d` times the covariance of the values over the survey."""
         P = len(self.parts)
         S = probabilities.new_zeros((P, P))
         for layout in self.layouts:  # a loop over datasets
-            q = self.sampling_weights(layout, probabilities, agent_weights).reshape(-1)
+            q = self.sampling_weights(layout, probabilities, agent_weights, rho).reshape(-1)
             index = torch.as_tensor(layout.parts, device=S.device)
             centered = layout.values.reshape(len(layout.parts), -1) - parts[index].unsqueeze(-1)
             block = (centered * q) @ centered.T / q.sum()
@@ -351,20 +387,22 @@ class MicroMoments:
             S[index.unsqueeze(1), index.unsqueeze(0)] = scale * block
         return S
 
-    def covariances(self, probabilities: Tensor, agent_weights: Tensor) -> Tensor:
+    def covariances(self, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None) -> Tensor:
         """:math:`S_M = F S_P F'` at the given probabilities (or the given sample covariances)."""
         if self.sample_covariances is not None:
             return self.sample_covariances
         with torch.no_grad():
-            parts = self.part_values(probabilities, agent_weights)
+            parts = self.part_values(probabilities, agent_weights, rho)
             _, F = self.statistics(parts)
             F_tensor = torch.as_tensor(F, dtype=parts.dtype, device=parts.device)
-            S = F_tensor @ self.part_covariances(probabilities, agent_weights, parts) @ F_tensor.T
+            S = F_tensor @ self.part_covariances(probabilities, agent_weights, parts, rho) @ F_tensor.T
         return (S + S.T) / 2
 
-    def weighting_block(self, probabilities: Tensor, agent_weights: Tensor) -> tuple[Tensor, bool]:
+    def weighting_block(
+        self, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None
+    ) -> tuple[Tensor, bool]:
         """:math:`S_M^{+}`, the micro block of an updated weighting matrix, and whether :math:`S_M` is singular."""
-        return invert(self.covariances(probabilities, agent_weights))
+        return invert(self.covariances(probabilities, agent_weights, rho))
 
 
 def _unique(names: list[str], what: str) -> None:

@@ -45,6 +45,7 @@ def compute_micro_values(results: Any, micro_moments: Any) -> np.ndarray:
     """
     micro = MicroMoments(results.problem, micro_moments)
     with torch.no_grad():
-        parts = micro.part_values(estimated_probabilities(results), results.model.weights)
+        rho = torch.as_tensor(results.rho.reshape(-1), dtype=results.problem.dtype, device=results.problem.device)
+        parts = micro.part_values(estimated_probabilities(results), results.model.weights, rho)
     values, _ = micro.statistics(parts)
     return values.reshape(-1, 1)

@@ -76,6 +76,11 @@ class _Survey(MicroMoments):
         self.parts = []
         self.dataset = dataset
         self.layout = self._lay_out(dataset)
+        if self.layout.second_choices and problem.H:
+            raise SpecificationError(
+                f"MicroDataset '{dataset.name}': simulating or scoring second-choice data is not supported with "
+                "nesting (nesting_ids); second-choice micro moments are."
+            )
         self.position = np.full(len(problem.layout.market_ids), -1)  # problem market -> dataset market
         self.position[self.layout.markets.cpu().numpy()] = np.arange(len(self.layout.markets))
 

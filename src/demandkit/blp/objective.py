@@ -169,7 +169,7 @@ class GMMObjective:
         if self.micro is None:
             return None, None, None
         probabilities = self.probabilities(inversion.delta, sigma, pi, rho, inversion.mu)
-        parts = self.micro.part_values(probabilities, self.model.weights)
+        parts = self.micro.part_values(probabilities, self.model.weights, rho)
         f, values, _ = self.micro.surrogate(parts)
         return f, values, parts.detach()
 
@@ -180,7 +180,7 @@ class GMMObjective:
             theta = torch.as_tensor(evaluation.theta, dtype=self.problem.dtype, device=self.problem.device)
             sigma, pi, rho = self.space.unpack(theta)
             probabilities = self.probabilities(evaluation.delta, sigma, pi, rho)
-            return self.micro.covariances(probabilities, self.model.weights)
+            return self.micro.covariances(probabilities, self.model.weights, rho)
 
     def structural(self, theta: Tensor) -> Structural:
         """Left-hand sides of the stacked system at ``theta``, and the micro statistics."""
