@@ -86,6 +86,7 @@ def test_cli_writes_json(tmp_path, capsys):
 
 
 def test_cli_merger(results, tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the chart (the plots extra)
     saved = tmp_path / "nevo.pkl"
     results.to_pickle(saved)
     table, chart = tmp_path / "merger.csv", tmp_path / "merger.png"
