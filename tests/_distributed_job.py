@@ -1,5 +1,6 @@
-"""A torchrun job for tests/test_distributed.py: solve both estimators in a gloo group, each rank pickles its results.
+"""A torchrun job for tests/test_distributed.py: solve three problems in a gloo group, each rank pickles its results
 
+(the integrated model, the mixed logit and a BLP problem with supply and micro moments).
 Run as ``torchrun --standalone --nproc-per-node 2 tests/_distributed_job.py OUT``.
 """
 
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _distributed_cases import integrated_results, mixed_logit_results  # noqa: E402
+from _distributed_cases import blp_results, integrated_results, mixed_logit_results  # noqa: E402
 
 from demandkit.distributed import current_shard  # noqa: E402
 
@@ -22,7 +23,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        results = {"integrated": integrated_results(), "mixed_logit": mixed_logit_results()}
+        results = {"integrated": integrated_results(), "mixed_logit": mixed_logit_results(), "blp": blp_results()}
         shard = current_shard(None, torch.device("cpu"))
         results["shard"] = (shard.rank, shard.world)
         Path(f"{sys.argv[1]}.{shard.rank}").write_bytes(pickle.dumps(results))

@@ -1,5 +1,6 @@
 """Distributed estimation on torch.distributed: two processes (gloo, started with torchrun) give the estimates,
-standard errors and log-likelihood of one process, for the integrated model and the mixed logit."""
+standard errors and log-likelihood (or GMM objective) of one process, for the integrated model, the mixed logit
+and a BLP problem with a supply side and a micro moment."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _distributed_cases import integrated_results, mixed_logit_results
+from _distributed_cases import blp_results, integrated_results, mixed_logit_results
 
 from demandkit.distributed import Shard, current_shard
 from demandkit.exceptions import SpecificationError
@@ -47,6 +48,15 @@ def test_mixed_logit_two_processes_equal_one(two_processes):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name])
         np.testing.assert_allclose(ranks[0][name], single[name], rtol=1e-10, atol=1e-12, err_msg=name)
     assert ranks[0]["loglikelihood"] == pytest.approx(single["loglikelihood"], rel=1e-12)
+
+
+def test_blp_with_supply_and_micro_moments_two_processes_equal_one(two_processes):
+    single = blp_results(distributed=False)
+    ranks = [r["blp"] for r in two_processes]
+    for name in ("theta", "sigma_se", "pi_se", "beta", "beta_se", "gamma", "gamma_se", "xi", "omega", "W"):
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+        np.testing.assert_allclose(ranks[0][name], single[name], rtol=1e-8, atol=1e-10, err_msg=name)
+    assert ranks[0]["objective"] == pytest.approx(single["objective"], rel=1e-9)
 
 
 def test_blocks_cover_the_items_in_order():

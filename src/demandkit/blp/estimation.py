@@ -10,7 +10,6 @@ moments' covariance at the first-step estimates. The covariance of the estimates
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,19 +24,16 @@ from ..configurations.iteration import Iteration
 from ..configurations.micro import MicroMoment
 from ..configurations.optimization import Optimization, OptimizationResult
 from ..configurations.options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
-from ..exceptions import ConvergenceWarning, DemandkitError, InvalidDataError, SpecificationError
+from ..distributed import current_shard
+from ..exceptions import ConvergenceWarning, SpecificationError
 from ..kernels.gmm import invert, moment_covariances, parameter_covariances
 from .demand import DemandModel
+from .failures import explain_failures, numerical_failure, where
 from .micro import MicroMoments
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
 from .simulation_error import simulation_at
-
-EXTREME_SCALE = 1e4
-"""Columns with larger absolute values are named as the likely culprit when estimation breaks down numerically:
-random coefficients multiply X2 columns and demographics, so starting values of order one make utilities overflow,
-and the GMM's linear algebra loses precision with columns that large."""
 
 
 @dataclass(frozen=True)
@@ -65,22 +61,7 @@ class Covariances:
     estimated: np.ndarray | None = None  # None: every element
 
 
-def _explain_failures(function: Callable[..., ProblemResults]) -> Callable[..., ProblemResults]:
-    """Turn a linear-algebra failure of ``function(problem, ...)`` into :func:`_numerical_failure`'s error."""
-
-    @functools.wraps(function)
-    def wrapped(problem: Any, *args: Any, **kwargs: Any) -> ProblemResults:
-        try:
-            return function(problem, *args, **kwargs)
-        except torch.linalg.LinAlgError as error:
-            raise _numerical_failure(
-                problem, f"A linear-algebra routine failed during the estimation ({error})"
-            ) from error
-
-    return wrapped
-
-
-@_explain_failures
+@explain_failures
 def solve(
     problem: Any,
     sigma: Any = None,
@@ -109,6 +90,7 @@ def solve(
     micro_moments: Sequence[MicroMoment] = (),
     micro_sample_covariances: Any = None,
     resample_agent_data: Callable[[int], Any] | None = None,
+    distributed: bool | None = None,
 ) -> Any:
     """Estimate the problem by one- or two-step GMM, with PyBLP's arguments and defaults.
 
@@ -166,6 +148,10 @@ def solve(
         for ``index = 0, 1, ...`` until None; the covariance of the moments across them (the simulation error,
         :mod:`demandkit.blp.simulation_error`) is added to :math:`S` for the weighting matrix and the standard
         errors.
+    distributed : bool, optional
+        Shard the markets across the processes of a ``torch.distributed`` group (:mod:`demandkit.blp.sharding`):
+        None (default) shards when a group is initialized, True requires one, False never shards. Every rank gets
+        the same results.
 
     Returns
     -------
@@ -219,25 +205,42 @@ def solve(
     W_current = _initial_W(problem, system, W, micro)
     theta = space.theta0
     total_start = time.perf_counter()
-    if initial_update:
-        objective = GMMObjective(
-            problem, model, space, iteration, W_current, start, delta_behavior, EvaluationStats(), bounds, micro
+    shard = current_shard(distributed, problem.device)
+    if shard is not None and resample_agent_data is not None:
+        raise SpecificationError("resample_agent_data is not supported with distributed estimation.")
+
+    def objective_for(W_step: Tensor, delta_start: Tensor, stats: EvaluationStats) -> GMMObjective:
+        """The step's objective: on this process's markets when sharded (:mod:`.sharding`)."""
+        arguments = (space, iteration, W_step, delta_start, delta_behavior, stats, bounds)
+        if shard is None:
+            return GMMObjective(problem, model, *arguments, micro)
+        from .sharding import ShardedGMMObjective
+
+        return ShardedGMMObjective(problem, model, *arguments, shard=shard, micro=micro)
+
+    def whole(objective: GMMObjective) -> GMMObjective:
+        """An objective on every market, for the weighting matrix and the covariances (itself when unsharded)."""
+        if shard is None:
+            return objective
+        return GMMObjective(
+            problem, model, space, iteration, objective.W, start, delta_behavior, EvaluationStats(), bounds, micro
         )
-        initial = objective.evaluate(theta, gradient=False)
+
+    if initial_update:
+        objective = objective_for(W_current, start, EvaluationStats())
+        initial = objective.complete(objective.evaluate(theta, gradient=False))
         simulation = simulation_at(objective, initial, resample_agent_data)
-        W_current = _updated_W(problem, system, initial, W_type, center_moments, True, objective, simulation)
+        W_current = _updated_W(problem, system, initial, W_type, center_moments, True, whole(objective), simulation)
         start = torch.where(problem.product_mask, initial.delta, 0.0)
     steps: list[StepResult] = []
     for step in range(1, (2 if method == "2s" else 1) + 1):
         stats = EvaluationStats()
-        objective = GMMObjective(
-            problem, model, space, iteration, W_current, start, delta_behavior, stats, bounds, micro
-        )
+        objective = objective_for(W_current, start, stats)
         optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
-        evaluation = objective.evaluate_or_recall(optimized.x)
+        evaluation = objective.complete(objective.evaluate_or_recall(optimized.x))
         if not (np.isfinite(evaluation.objective) and np.isfinite(evaluation.gradient).all()):
-            raise _numerical_failure(
-                problem, f"GMM step {step}: the objective or its gradient is not finite{_where(problem, evaluation)}"
+            raise numerical_failure(
+                problem, f"GMM step {step}: the objective or its gradient is not finite{where(problem, evaluation)}"
             )
         _warn_failures(step, optimized, evaluation)
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
@@ -246,9 +249,9 @@ def solve(
         last_step = step == (2 if method == "2s" else 1)
         simulation = simulation_at(objective, evaluation, resample_agent_data)
         W_current = _updated_W(
-            problem, system, evaluation, W_type, center_moments, not last_step, objective, simulation
+            problem, system, evaluation, W_type, center_moments, not last_step, whole(objective), simulation
         )
-    covariances = _covariances(problem, objective, system, steps[-1], se_type, center_moments, simulation)
+    covariances = _covariances(problem, whole(objective), system, steps[-1], se_type, center_moments, simulation)
     hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
     return ProblemResults(
         problem=problem,
@@ -401,8 +404,8 @@ def _covariances(
     if simulation is not None:
         S = S + simulation
     if not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(S).all())):
-        raise _numerical_failure(
-            problem, f"The moments' Jacobian or covariance is not finite{_where(problem, evaluation)}"
+        raise numerical_failure(
+            problem, f"The moments' Jacobian or covariance is not finite{where(problem, evaluation)}"
         )
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
@@ -445,56 +448,3 @@ def _with_progress(objective: GMMObjective, show: bool, step: int) -> Any:
         return value, gradient
 
     return wrapped
-
-
-def _scales(problem: Any) -> dict[str, tuple[list[str], float]]:
-    """For each column label: the matrices that hold it (X1, X2, ...) and its largest absolute value there."""
-    design = problem.design
-    matrices = [
-        ("X1", design.X1_labels, design.X1_raw),
-        ("X2", design.X2_labels, design.X2),
-        ("demographics", design.demographics_labels, problem.demographics),
-        ("demand instruments", design.ZD_labels, design.ZD),
-        ("X3", problem.X3_labels, problem.X3),
-        ("supply instruments", problem.ZS_labels, problem.ZS),
-    ]
-    scales: dict[str, tuple[list[str], float]] = {}
-    for kind, labels, matrix in matrices:
-        if matrix is None or matrix.size == 0:
-            continue
-        largest = np.nanmax(np.abs(matrix), axis=0)
-        for name, scale in zip(labels, largest, strict=True):
-            kinds, previous = scales.get(name, ([], 0.0))
-            scales[name] = ([*kinds, kind], max(previous, float(scale)))
-    return scales
-
-
-def _where(problem: Any, evaluation: Evaluation) -> str:
-    """Where an evaluation broke down: its parameters and the markets whose inversion failed."""
-    text = f" at theta = {np.array2string(evaluation.theta, precision=4, threshold=10)}"
-    failed = int((~evaluation.converged).sum())
-    if failed:
-        text += f" (the inversion for delta did not converge in {failed} of {problem.T} markets)"
-    return text
-
-
-def _numerical_failure(problem: Any, what: str) -> DemandkitError:
-    """The error for an estimation that broke down numerically, naming the columns of extreme scale if any."""
-    scales = _scales(problem)
-    extreme = sorted(
-        ((name, kinds, scale) for name, (kinds, scale) in scales.items() if scale > EXTREME_SCALE),
-        key=lambda item: -item[2],
-    )
-    if extreme:
-        names = "; ".join(
-            f"{name!r} ({', '.join(kinds)}; |values| up to {scale:.2g})" for name, kinds, scale in extreme
-        )
-        return InvalidDataError(
-            f"{what}. These columns have an extreme scale: {names}. Random coefficients multiply them and the GMM "
-            "solves linear systems with them, so utilities overflow and the linear algebra loses precision. Rescale "
-            "them to values of order one (prices in thousands rather than units, say) and build the problem again."
-        )
-    return SpecificationError(
-        f"{what}. No column has an extreme scale (above {EXTREME_SCALE:.0e}); try starting values of sigma and pi "
-        "(or rho) nearer to zero, another Iteration, or characteristics rescaled nearer to one."
-    )

@@ -23,7 +23,9 @@ exact in value and gradient. The micro moments' covariance is :math:`S_M = F S_P
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from .micro_layout import (
     DatasetLayout,
     agent_invariant,
     checked_array,
+    checked_covariances,
     choice_axes,
     linked_agents,
     market_agents,
@@ -45,6 +48,7 @@ from .micro_layout import (
     outer_factors,
     pad_choices,
     panel_choice_axes,
+    unique_names,
 )
 
 
@@ -69,7 +73,7 @@ class MicroMoments:
         for moment in moments:
             if not isinstance(moment, MicroMoment):
                 raise SpecificationError(f"micro_moments must hold MicroMoment instances; received {moment!r}.")
-        _unique([m.name for m in moments], "micro moment")
+        unique_names([m.name for m in moments], "micro moment")
         self.problem = problem
         self.moments = moments
         self.names = [m.name for m in moments]
@@ -79,12 +83,12 @@ class MicroMoments:
             for part in moment.parts:
                 if not any(part is known for known in self.parts):
                     self.parts.append(part)
-        _unique([p.name for p in self.parts], "micro part")
+        unique_names([p.name for p in self.parts], "micro part")
         self.datasets: list[MicroDataset] = []
         for part in self.parts:
             if not any(part.dataset is known for known in self.datasets):
                 self.datasets.append(part.dataset)
-        _unique([d.name for d in self.datasets], "micro dataset")
+        unique_names([d.name for d in self.datasets], "micro dataset")
         self.part_index = [[self._index(part) for part in moment.parts] for moment in moments]
         self.observed = torch.tensor([m.value for m in moments], dtype=problem.dtype, device=problem.device)
         self.layouts = [self._lay_out(dataset) for dataset in self.datasets]
@@ -97,7 +101,7 @@ class MicroMoments:
         self.sample_covariances = None
         if sample_covariances is not None:
             # the covariance of the sample statistics f(v-bar); S_M is that of sqrt(N) times them (PyBLP's scaling)
-            self.sample_covariances = problem.N * _checked_covariances(sample_covariances, self.M, problem)
+            self.sample_covariances = problem.N * checked_covariances(sample_covariances, self.M, problem)
 
     def _index(self, part: MicroPart) -> int:
         return next(k for k, known in enumerate(self.parts) if known is part)
@@ -341,8 +345,19 @@ class MicroMoments:
         second = torch.where(same.unsqueeze(1), 0.0, s.unsqueeze(-2) / remaining.unsqueeze(-1))
         return (w * s).unsqueeze(-1) * second * layout.weights
 
-    def part_values(self, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None) -> Tensor:
-        """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable; ``rho`` under nesting)."""
+    def part_values(
+        self,
+        probabilities: Tensor,
+        agent_weights: Tensor,
+        rho: Tensor | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """:math:`v_p(\\theta)` for every part, ``[P]`` (differentiable; ``rho`` under nesting).
+
+        ``reduce`` sums a dataset's numerators and denominator over the processes that hold its other markets (see
+        :mod:`demandkit.blp.sharding`); by default this process holds every market.
+        """
+        reduce = reduce or (lambda x: x)
         values = probabilities.new_zeros(len(self.parts))
         for layout in self.layouts:  # a loop over datasets
             q = self.sampling_weights(layout, probabilities, agent_weights, rho)
@@ -353,7 +368,8 @@ class MicroMoments:
             else:
                 numerators = layout.values.reshape(len(layout.parts), -1) @ q.reshape(-1)
             index = torch.as_tensor(layout.parts, device=values.device)
-            values = values.index_put((index,), numerators / q.sum())
+            sums = reduce(torch.cat([numerators, q.sum().reshape(1)]))
+            values = values.index_put((index,), sums[:-1] / sums[-1])
         return values
 
     def statistics(self, parts: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -398,19 +414,37 @@ class MicroMoments:
             S = F_tensor @ self.part_covariances(probabilities, agent_weights, parts, rho) @ F_tensor.T
         return (S + S.T) / 2
 
+    def restricted(self, start: int, stop: int) -> MicroMoments:
+        """The same micro moments on markets ``[start, stop)`` only, their indices from ``start`` (a shard's)."""
+        restricted = copy.copy(self)
+        layouts = []
+        for layout in self.layouts:
+            if layout.linked is not None:
+                raise SpecificationError(
+                    f"PanelMicroDataset '{layout.dataset.name}': panels are not sharded across processes yet."
+                )
+            keep = (layout.markets >= start) & (layout.markets < stop)
+            factors = None if layout.factors is None else tuple(f[:, keep] for f in layout.factors)
+            layouts.append(
+                dataclasses.replace(
+                    layout,
+                    markets=layout.markets[keep] - start,
+                    weights=layout.weights[keep],
+                    values=layout.values[:, keep],
+                    groups=None if layout.groups is None else layout.groups[keep],
+                    factors=factors,
+                )
+            )
+        restricted.layouts = layouts
+        if self.nests is not None:
+            restricted.nests = self.nests[start:stop]
+        return restricted
+
     def weighting_block(
         self, probabilities: Tensor, agent_weights: Tensor, rho: Tensor | None = None
     ) -> tuple[Tensor, bool]:
         """:math:`S_M^{+}`, the micro block of an updated weighting matrix, and whether :math:`S_M` is singular."""
         return invert(self.covariances(probabilities, agent_weights, rho))
-
-
-def _unique(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise SpecificationError(f"Two different {what}s are named '{name}': names must be unique.")
-        seen.add(name)
 
 
 def _statistic(moment: MicroMoment, v: np.ndarray) -> tuple[float, np.ndarray]:
@@ -443,22 +477,3 @@ def _statistic(moment: MicroMoment, v: np.ndarray) -> tuple[float, np.ndarray]:
             "or torch functions, or give compute_gradient."
         ) from error
     return value, gradient_tensor.numpy().astype(np.float64)
-
-
-def _checked_covariances(matrix: Any, M: int, problem: Any) -> Tensor:
-    array = np.asarray(matrix, dtype=np.float64)
-    if array.shape != (M, M):
-        raise SpecificationError(
-            f"micro_sample_covariances must be {M} x {M}, one row and column per micro moment; received shape "
-            f"{array.shape}."
-        )
-    if not np.isfinite(array).all():
-        raise SpecificationError("micro_sample_covariances has non-finite values.")
-    if not np.allclose(array, array.T, rtol=1e-10, atol=1e-14 * max(1.0, np.abs(array).max())):
-        raise SpecificationError("micro_sample_covariances must be symmetric.")
-    smallest = np.linalg.eigvalsh(array).min()
-    if smallest < -1e-10 * max(1.0, np.abs(array).max()):
-        raise SpecificationError(
-            f"micro_sample_covariances must be positive semi-definite; its smallest eigenvalue is {smallest:.3g}."
-        )
-    return torch.as_tensor(array, dtype=problem.dtype, device=problem.device)

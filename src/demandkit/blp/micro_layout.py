@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..configurations.micro import MicroDataset
@@ -224,3 +225,30 @@ def pad_choices(array: np.ndarray, kind: tuple[bool, ...], shape: tuple[int, ...
         index.append(slice(0, size) if outside else slice(1, 1 + size))
     padded[tuple(index)] = array
     return padded
+
+
+def unique_names(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SpecificationError(f"Two different {what}s are named '{name}': names must be unique.")
+        seen.add(name)
+
+
+def checked_covariances(matrix: Any, M: int, problem: Any) -> Tensor:
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.shape != (M, M):
+        raise SpecificationError(
+            f"micro_sample_covariances must be {M} x {M}, one row and column per micro moment; received shape "
+            f"{array.shape}."
+        )
+    if not np.isfinite(array).all():
+        raise SpecificationError("micro_sample_covariances has non-finite values.")
+    if not np.allclose(array, array.T, rtol=1e-10, atol=1e-14 * max(1.0, np.abs(array).max())):
+        raise SpecificationError("micro_sample_covariances must be symmetric.")
+    smallest = np.linalg.eigvalsh(array).min()
+    if smallest < -1e-10 * max(1.0, np.abs(array).max()):
+        raise SpecificationError(
+            f"micro_sample_covariances must be positive semi-definite; its smallest eigenvalue is {smallest:.3g}."
+        )
+    return torch.as_tensor(array, dtype=problem.dtype, device=problem.device)

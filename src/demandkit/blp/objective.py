@@ -142,9 +142,9 @@ class GMMObjective:
         self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
         self.system = StackedSystem.build(problem, space)
         self.micro = micro
+        self.reduce: Any = None  # sums over processes (a sharded objective's); None: this process has every market
         self.W = W
-        aggregate = self.system.Z.shape[1]
-        self.iv = LinearIV.build(self.system.X, self.system.Z, W[:aggregate, :aggregate])
+        self.iv = self._linear_iv(W)
         self.start = delta_start
         self.delta_behavior = delta_behavior
         self.stats = stats
@@ -152,6 +152,15 @@ class GMMObjective:
         self._first = True
         self.last: Evaluation | None = None
         self.recent: OrderedDict[bytes, Evaluation] = OrderedDict()  # the latest evaluations with gradients
+
+    def _linear_iv(self, W: Tensor) -> LinearIV:
+        """The concentrated linear parameters' operator, from the aggregate block of ``W``."""
+        aggregate = self.system.Z.shape[1]
+        return LinearIV.build(self.system.X, self.system.Z, W[:aggregate, :aggregate])
+
+    def complete(self, evaluation: Evaluation) -> Evaluation:
+        """The evaluation on the whole problem (a sharded objective gathers its ranks'); here, itself."""
+        return evaluation
 
     def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
         return Absorb.apply(rows, codes, counts) if codes else rows
@@ -169,7 +178,7 @@ class GMMObjective:
         if self.micro is None:
             return None, None, None
         probabilities = self.probabilities(inversion.delta, sigma, pi, rho, inversion.mu)
-        parts = self.micro.part_values(probabilities, self.model.weights, rho)
+        parts = self.micro.part_values(probabilities, self.model.weights, rho, self.reduce)
         f, values, _ = self.micro.surrogate(parts)
         return f, values, parts.detach()
 
