@@ -4,11 +4,13 @@ processes, and PyBLP on a subset of markets with its linear extrapolation (not i
 Run from the repository root::
 
     python benchmarks/scale.py                                  # 1,000 markets x 50 products x 200 agents, and 25
+                                                                # products
     python benchmarks/scale.py --markets 2000 --agents 1000     # the issue's example size (tens of GB)
 
-Data: ``Simulation`` of a random-coefficients logit (random coefficients on the constant, prices and ``x``, Pi on
-prices x income) with Bertrand-Nash prices from log marginal costs, written once to a temporary folder so that
-every worker reads the same data. Each worker runs in a fresh process:
+Data: a random-coefficients logit (random coefficients on the constant, prices and ``x``, Pi on prices x income)
+with a Bertrand-Nash supply side (linear marginal costs on ``1 + w + x``); characteristics, prices and shares are
+drawn directly, not solved as an equilibrium (only the computation is timed), and written once to a temporary
+folder so that every worker reads the same data. Each worker runs in a fresh process:
 
 - demandkit: builds the ``Problem`` (demand and log-cost supply, differentiation instruments) and times the GMM
   objective and its gradient at the starting values (the median of 3 evaluations after one warm-up, each inverting
@@ -46,18 +48,24 @@ FORMULATIONS = ("1 + prices + x", "1 + prices + x", "1 + w + x")
 
 
 def simulate(folder: Path, markets: int, products: int, agents: int, seed: int = 0) -> None:
-    """Equilibrium data for the design, written to ``folder`` (products.csv, agents.csv)."""
+    """Data of the design written to ``folder`` (products.csv, agents.csv): characteristics, prices and shares drawn
+    directly (shares from a Dirichlet with half the market inside), not an equilibrium. Only the computation is
+    timed, and solving the equilibrium of a problem this size would take longer than the benchmark itself."""
     import demandkit as dk
     from demandkit.construction.instruments import build_differentiation_instruments, build_id_data
 
     rng = np.random.default_rng(seed)
     ids = build_id_data(markets, products, max(2, products // 5))
+    x, w = rng.uniform(0, 2, markets * products), rng.uniform(0, 1, markets * products)
+    shares = 0.5 * rng.dirichlet(np.ones(products), size=markets).ravel()
     frame = pd.DataFrame(
         {
             "market_ids": ids.market_ids.ravel().astype(int),
             "firm_ids": ids.firm_ids.ravel().astype(int),
-            "x": rng.uniform(0, 2, markets * products),
-            "w": rng.uniform(0, 1, markets * products),
+            "x": x,
+            "w": w,
+            "prices": 1 + w + 0.5 * x + 0.3 * rng.uniform(size=x.size),
+            "shares": shares,
         }
     )
     rows = np.repeat(np.arange(markets), agents)
@@ -69,26 +77,10 @@ def simulate(folder: Path, markets: int, products: int, agents: int, seed: int =
             "income": rng.normal(size=rows.size),
         }
     )
-    simulation = dk.Simulation(
-        [dk.Formulation(f) for f in FORMULATIONS],
-        frame,
-        beta=[-1.0, -1.5, 1.0],
-        sigma=np.diag([0.6, 0.2, 0.5]),
-        pi=[[0.0], [0.3], [0.0]],
-        gamma=[0.5, 0.3, 0.2],
-        agent_formulation=dk.Formulation("0 + income"),
-        agent_data=agent_data,
-        xi_variance=0.2,
-        omega_variance=0.1,
-        correlation=0.5,
-        costs_type="log",
-        seed=seed,
-    )
-    data = simulation.replace_endogenous().product_data
-    differences = build_differentiation_instruments(dk.Formulation("0 + x + w"), data, "quadratic", interact=True)
+    differences = build_differentiation_instruments(dk.Formulation("0 + x + w"), frame, "quadratic", interact=True)
     columns = {f"demand_instruments{k}": differences[:, k] for k in range(differences.shape[1])}
     columns.update({f"supply_instruments{k}": differences[:, k] for k in range(differences.shape[1])})
-    data.assign(**columns).to_csv(folder / "products.csv", index=False)
+    frame.assign(**columns).to_csv(folder / "products.csv", index=False)
     agent_data.to_csv(folder / "agents.csv", index=False)
 
 
@@ -100,7 +92,7 @@ def build(lib: object, folder: Path, markets: int | None = None) -> object:
         products = products[products["market_ids"].isin(keep)]
         agents = agents[agents["market_ids"].isin(keep)]
     formulations = [lib.Formulation(f) for f in FORMULATIONS]
-    return lib.Problem(formulations, products, lib.Formulation("0 + income"), agents, costs_type="log")
+    return lib.Problem(formulations, products, lib.Formulation("0 + income"), agents)
 
 
 def peak_megabytes() -> float:

@@ -47,7 +47,7 @@ def test_sampled_agents_reproduce_inside_shares_and_approximate_product_shares(s
     products, candidates, results = setting
     sampled = results.importance_sampling(400, seed=1)
     assert (sampled.sampled_agents.groupby("market_ids").size() == 400).all()
-    assert sampled.to_problem().I == 400
+    assert sampled.to_problem().I == 400 * results.problem.T  # agents over all markets, as PyBLP counts them
     shares = shares_with(products, sampled.sampled_agents, results.delta)
     observed = products["shares"].to_numpy()  # the candidates' shares at delta
     markets = products["market_ids"].to_numpy()

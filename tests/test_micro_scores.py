@@ -227,7 +227,7 @@ def test_second_choice_agent_scores_keep_their_digits_for_near_zero_probabilitie
 def test_nested_random_coefficients_logit_scores_match_pyblp(data):
     """Under nesting the scores take one forward-mode pass per parameter (rho among them)."""
     (theirs, their_sets), (ours, our_sets) = solve(pyblp, data, nested=True), solve(dk, data, nested=True)
-    assert ours.theta_labels[-1] == "rho[0]"
+    assert ours.theta_labels == [str(label) for label in theirs.theta_labels]  # rho last, by its nesting group
     micro = simulated(theirs, their_sets["survey"], data[1]).iloc[:200]
     expected = theirs.compute_micro_scores(their_sets["survey"], micro, integration=pyblp.Integration("product", 2))
     actual = ms.compute_micro_scores(ours, our_sets["survey"], micro, integration=dk.Integration("product", 2))
@@ -294,9 +294,9 @@ def test_optimal_micro_moments_equal_pyblps_recipe(data, both):
     for name in ("micro_values", "objective", "gradient"):
         assert_close(getattr(results["demandkit"], name), getattr(results["pyblp"], name), 1e-7, name)
     selected = ms.build_optimal_micro_moments(
-        ours, our_sets["survey"], micro, dk.Integration("product", 2), "Optimal", parameters=[0, "pi[1, income]"]
+        ours, our_sets["survey"], micro, dk.Integration("product", 2), "Optimal", parameters=[0, "1 x income"]
     )
-    assert [m.name for m in selected] == ["Optimal sigma[1, 1]", "Optimal pi[1, income]"]
+    assert [m.name for m in selected] == ["Optimal 1 x 1", "Optimal 1 x income"]
 
 
 # --------------------------------------------------------------------------------------- score identity, simulation

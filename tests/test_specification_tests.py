@@ -121,7 +121,7 @@ def nevo_restrictions(results: Any) -> tuple[np.ndarray, np.ndarray]:
     """Two restrictions, one of them nonlinear, and their Jacobian (columns in parameter_covariances' order: theta,
     then the concentrated price coefficient): ``sigma[prices, prices] = 2`` and ``pi[prices, income] * beta = -60``."""
     P = results.parameter_covariances.shape[0]
-    s, p = theta_index(results, "sigma[prices, prices]"), theta_index(results, "pi[prices, income]")
+    s, p = theta_index(results, "prices x prices"), theta_index(results, "prices x income")
     b = P - 1  # the concentrated price coefficient
     pi, beta = results.theta[p], results.beta[0, 0]
     restrictions = np.array([results.theta[s] - 2.0, pi * beta + 60.0])
@@ -169,7 +169,7 @@ def test_nevo_distance_and_restricted_statistics_match_pyblp():
     assert relative_difference(distance, expected_restricted.run_distance_test(expected_unrestricted)) < RTOL
     assert distance == pytest.approx(restricted.objective - unrestricted.objective, rel=1e-12)
 
-    s = theta_index(unrestricted, "sigma[prices, prices]")
+    s = theta_index(unrestricted, "prices x prices")
     R = np.eye(unrestricted.parameter_covariances.shape[0])[[s]]
     wald = unrestricted.run_wald_test([unrestricted.theta[s] - 2.0], R)
     assert relative_difference(wald, expected_unrestricted.run_wald_test([[unrestricted.theta[s] - 2.0]], R)) < RTOL

@@ -5,6 +5,7 @@ from .blp.bootstrap import BootstrappedResults
 from .blp.importance_sampling import ImportanceSamplingResults
 from .blp.optimal_instruments import OptimalInstrumentResults
 from .blp.problem import Problem
+from .blp.progress import OptimizationProgress
 from .blp.results import ProblemResults
 from .configurations.formulation import Formulation
 from .configurations.integration import Integration
@@ -15,6 +16,7 @@ from .construction.instruments import build_blp_instruments, build_differentiati
 from .construction.ownership import build_ownership
 from .integrated import IntegratedProblem, IntegratedResults
 from .integrated.simulation import IntegratedSimulation
+from .interfaces.utilities import build_integration, build_matrix, data_to_dict, parallel, read_pickle, save_pickle
 from .mixed_logit import MixedLogit, MixedLogitResults
 from .simulation.simulation import Simulation, SimulationResults
 
@@ -45,6 +47,13 @@ __all__ = [
     "build_blp_instruments",
     "build_differentiation_instruments",
     "build_id_data",
+    "build_integration",
+    "build_matrix",
+    "data_to_dict",
+    "parallel",
+    "read_pickle",
+    "save_pickle",
+    "OptimizationProgress",
     "frac",
     "montecarlo",
     "OptimalInstrumentResults",

@@ -315,9 +315,9 @@ class Economy:
                 codes = self.design.absorb_ids[:, e]
                 self.absorb_codes.append(torch.as_tensor(codes, device=self.device))
                 self.absorb_counts.append(self._tensor(np.bincount(codes)))
+        self.I = len(self.weights) if self.K2 else 0  # agents over all markets (PyBLP's I)
         if self.K2:
             agent = self.agent_layout
-            self.I = agent.mask.shape[1]
             self.agent_mask = torch.as_tensor(agent.mask, device=self.device)
             self.agent_weights = self._tensor(agent.pad(self.weights))
             self.nodes_padded = self._tensor(agent.pad(self.nodes))

@@ -8,6 +8,7 @@ and ``xi`` are ``N x 1``, ...). Post-estimation comes from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,27 @@ from .micro_results import compute_micro_values
 from .micro_scores import build_optimal_micro_moments, compute_agent_scores, compute_micro_scores, simulate_micro_data
 from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
+from .progress import clipped_costs, market_counts, parameter_labels, project_gradient, tilde_costs
 from .summary import format_results
+
+RESULTS_ATTRIBUTES = tuple(
+    # PyBLP's default attributes that demandkit has, in PyBLP's order, then demandkit's additions
+    (
+        "step optimization_time cumulative_optimization_time total_time cumulative_total_time converged "
+        "cumulative_converged optimization_iterations cumulative_optimization_iterations "
+        "objective_evaluations cumulative_objective_evaluations fp_converged cumulative_fp_converged "
+        "fp_iterations cumulative_fp_iterations contraction_evaluations cumulative_contraction_evaluations "
+        "parameters parameter_covariances theta sigma sigma_squared pi rho beta gamma sigma_se pi_se rho_se "
+        "beta_se gamma_se sigma_labels pi_labels rho_labels beta_labels gamma_labels theta_labels delta "
+        "tilde_costs clipped_shares clipped_costs xi omega micro micro_values moments moments_jacobian "
+        "moments_covariances objective gradient projected_gradient projected_gradient_norm hessian "
+        "reduced_hessian reduced_hessian_eigenvalues W updated_W "
+        "method W_type se_type costs_bounds repeated_objective_evaluations "
+        "cumulative_repeated_objective_evaluations total_fp_iterations total_contraction_evaluations "
+        "cumulative_total_fp_iterations cumulative_total_contraction_evaluations first_stage micro_moments "
+    ).split()
+)
+"""What :meth:`ProblemResults.to_dict` (and so ``to_json``) writes by default."""
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -50,10 +71,35 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         structural errors.
     W, updated_W : ndarray
         The weighting matrix of the last step and the one a further step would use.
-    converged : bool
-        Whether the optimizer of every step reported convergence.
-    fp_converged : ndarray
-        ``T x 1`` booleans: whether each market's inversion converged at the estimates.
+    converged, cumulative_converged : bool
+        Whether the optimizer of the last GMM step reported convergence, and whether every step's did.
+    fp_converged, fp_iterations, contraction_evaluations : ndarray
+        ``T x 1`` per market (in the order of the problem's markets) at the evaluation of the estimates: whether
+        the inversion for :math:`\\delta` converged, its iterations and its evaluations of the contraction. PyBLP
+        has a column per objective evaluation; demandkit keeps the counts of the evaluation at the estimates.
+        ``cumulative_fp_converged``, ``cumulative_fp_iterations`` and ``cumulative_contraction_evaluations`` stack
+        the columns of every step (``T x step``).
+    total_fp_iterations, total_contraction_evaluations : int
+        Sums over every objective evaluation and market of the last step; ``cumulative_total_fp_iterations`` and
+        ``cumulative_total_contraction_evaluations`` over every step.
+    parameters : ndarray
+        The stacked estimated parameters: :math:`\\hat\\theta`, then the concentrated-out elements of
+        :math:`\\hat\\beta` and of :math:`\\hat\\gamma` (the rows and columns of ``parameter_covariances``).
+    theta_labels, rho_labels : list of str
+        PyBLP's labels: ``'row x column'`` for :math:`\\Sigma` (labels of :math:`X_2`), ``'X2 x demographic'`` for
+        :math:`\\Pi`, the nesting group for :math:`\\rho` and the column of :math:`X_1` or :math:`X_3` for elements
+        of :math:`\\beta` or :math:`\\gamma` in :math:`\\theta`.
+    clipped_shares, clipped_costs : ndarray
+        ``N x 1`` booleans: simulated shares clipped (always False: shares are computed in logs and never clipped)
+        and marginal costs clipped to ``costs_bounds`` (all False without a supply side).
+    omega, tilde_costs : ndarray
+        Supply-side structural errors and transformed marginal costs, ``N x 1`` (``N x 0`` without a supply side).
+    projected_gradient, projected_gradient_norm : ndarray
+        The gradient with components pushing against an active bound zeroed, and its infinity norm (also
+        ``gradient_norm``, as a float).
+    optimization_time, cumulative_optimization_time : float
+        Seconds the optimizer of the last step took, and of every step. ``total_time`` and
+        ``cumulative_total_time`` are the seconds the whole estimation took.
     parameter_covariances : ndarray
         Covariance of :math:`\\sqrt{N}(\\hat\\theta, \\hat\\beta)` (PyBLP's scaling); as in PyBLP, elements of
         :math:`\\theta` fixed by equal bounds are left out (their standard errors are NaN).
@@ -100,7 +146,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         theta = evaluation.theta
         sigma, pi, rho = (_numpy(m) for m in space.unpack(torch.as_tensor(theta, dtype=torch.float64)))
         self.theta = theta.copy()
-        self.theta_labels = list(space.labels)
+        self.rho_labels, self.theta_labels = parameter_labels(problem, space)
         self.sigma, self.pi = sigma, pi
         self.rho = rho.reshape(-1, 1)
         self.sigma_squared = sigma @ sigma.T
@@ -113,8 +159,9 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         self.pi_labels = list(problem.design.demographics_labels)
         self.objective = float(evaluation.objective)
         self.gradient = evaluation.gradient.reshape(-1, 1)
-        self.projected_gradient = _project(evaluation.gradient, theta, space).reshape(-1, 1)
+        self.projected_gradient = project_gradient(evaluation.gradient, theta, space).reshape(-1, 1)
         self.gradient_norm = float(np.max(np.abs(self.projected_gradient))) if theta.size else 0.0
+        self.projected_gradient_norm = np.float64(self.gradient_norm)
         self.hessian = np.full((theta.size, theta.size), np.nan) if hessian is None else hessian
         self.reduced_hessian = _reduce(self.hessian, theta, space)
         self.reduced_hessian_eigenvalues = (
@@ -130,24 +177,37 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         self.step = len(steps)
         self.method, self.W_type, self.se_type = method, W_type, se_type
         self.optimization, self.iteration = optimization, iteration
-        self.converged = all(s.optimization.converged for s in steps)
-        self.fp_converged = _numpy(evaluation.converged.double()).astype(bool).reshape(-1, 1)
-        self.optimization_time = sum(s.optimization.seconds for s in steps)
-        self.total_time = seconds
+        self.converged = bool(last.optimization.converged)
+        self.cumulative_converged = all(s.optimization.converged for s in steps)
+        self.optimization_time = last.optimization.seconds
+        self.cumulative_optimization_time = sum(s.optimization.seconds for s in steps)
+        self.total_time = self.cumulative_total_time = seconds
         # counts of the last step, and cumulative_* over every step (PyBLP's convention)
         self.optimization_iterations = last.optimization.iterations
         # objective evaluations as the optimizer asked for them; the repeated ones were answered from memory
         self.objective_evaluations = last.stats.evaluations + last.stats.repeated
         self.repeated_objective_evaluations = last.stats.repeated
-        self.fp_iterations = last.stats.fp_iterations
-        self.contraction_evaluations = last.stats.contraction_evaluations
         self.cumulative_optimization_iterations = sum(s.optimization.iterations for s in steps)
         self.cumulative_objective_evaluations = sum(s.stats.evaluations + s.stats.repeated for s in steps)
         self.cumulative_repeated_objective_evaluations = sum(s.stats.repeated for s in steps)
-        self.cumulative_fp_iterations = sum(s.stats.fp_iterations for s in steps)
-        self.cumulative_contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
+        # per market at each step's final evaluation (T x 1, and T x step over the steps)
+        by_step = [
+            [market_counts(s.evaluation.converged, bool) for s in steps],
+            [market_counts(s.evaluation.iterations) for s in steps],
+            [market_counts(s.evaluation.evaluations) for s in steps],
+        ]
+        self.cumulative_fp_converged, self.cumulative_fp_iterations, self.cumulative_contraction_evaluations = (
+            np.column_stack(columns) for columns in by_step
+        )
+        self.fp_converged = self.cumulative_fp_converged[:, -1:].copy()
+        self.fp_iterations = self.cumulative_fp_iterations[:, -1:].copy()
+        self.contraction_evaluations = self.cumulative_contraction_evaluations[:, -1:].copy()
+        self.total_fp_iterations = last.stats.fp_iterations
+        self.total_contraction_evaluations = last.stats.contraction_evaluations
+        self.cumulative_total_fp_iterations = sum(s.stats.fp_iterations for s in steps)
+        self.cumulative_total_contraction_evaluations = sum(s.stats.contraction_evaluations for s in steps)
         self.fp_failures = sum(s.stats.fp_failures for s in steps)
-        self.clipped_shares = 0
+        self.clipped_shares = np.zeros((problem.N, 1), dtype=bool)
         self.trace = [list(s.optimization.trace) for s in steps]
         self.parameter_covariances = _numpy(covariances.parameters)
         self.moments_covariances = _numpy(covariances.S)
@@ -157,16 +217,21 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         se[estimated] = np.sqrt(np.clip(np.diag(self.parameter_covariances), 0, None) / problem.N)
         self._standard_error_vector = se  # over (theta, concentrated beta, concentrated gamma); NaN if not estimated
         self.sigma_se, self.pi_se, self.rho_se, self.beta_se, self.gamma_se = _standard_errors(space, se)
-        self.omega = None if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
+        self.omega = np.zeros((problem.N, 0)) if evaluation.omega is None else _numpy(evaluation.omega).reshape(-1, 1)
+        self.tilde_costs = tilde_costs(problem, evaluation, costs_bounds)
+        self.clipped_costs = clipped_costs(problem, evaluation, costs_bounds)
         self.moments = mean_moments(problem, self.xi, self.omega)
         self.micro_values = np.zeros((0, 1))
+        self.micro = np.zeros((0, 1))
         self.micro_moments: list[dict[str, Any]] = []  # name, value and parts of each micro moment (picklable)
         if micro is not None:
             self.micro_moments = [_describe_micro(moment) for moment in micro.moments]
             self.micro_values = np.asarray(evaluation.micro_values, dtype=np.float64).reshape(-1, 1)
-            observed = _numpy(micro.observed).reshape(-1, 1)
-            self.moments = np.vstack([self.moments, observed - self.micro_values])
-        self.clipped_costs = int(evaluation.clipped_costs)
+            self.micro = _numpy(micro.observed).reshape(-1, 1) - self.micro_values
+            self.moments = np.vstack([self.moments, self.micro])
+        self.parameters = np.concatenate(
+            [theta, self.beta[space.eliminated_beta, 0], self.gamma[space.eliminated_gamma, 0]]
+        )[estimated].reshape(-1, 1)
         self.first_stage = first_stage(problem)
 
     def compute_micro_values(self, micro_moments: Any) -> np.ndarray:
@@ -268,50 +333,14 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         return f"<ProblemResults objective={self.objective:.6g} step={self.step} converged={self.converged}>"
 
     # ------------------------------------------------------------ round trips
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python dictionary of the estimates, standard errors and diagnostics (JSON-ready: the NaN
-        standard errors of parameters fixed at zero become None)."""
-        return _json_ready(
-            {
-                "objective": self.objective,
-                "gradient": self.gradient.reshape(-1).tolist(),
-                "hessian": self.hessian.tolist(),
-                "reduced_hessian_eigenvalues": self.reduced_hessian_eigenvalues.tolist(),
-                "theta_labels": self.theta_labels,
-                "beta_labels": self.beta_labels,
-                "sigma_labels": self.sigma_labels,
-                "pi_labels": self.pi_labels,
-                "beta": self.beta.reshape(-1).tolist(),
-                "beta_se": self.beta_se.reshape(-1).tolist(),
-                "sigma": self.sigma.tolist(),
-                "sigma_se": self.sigma_se.tolist(),
-                "pi": self.pi.tolist(),
-                "pi_se": self.pi_se.tolist(),
-                "rho": self.rho.reshape(-1).tolist(),
-                "rho_se": self.rho_se.reshape(-1).tolist(),
-                "gamma_labels": self.gamma_labels,
-                "gamma": self.gamma.reshape(-1).tolist(),
-                "gamma_se": self.gamma_se.reshape(-1).tolist(),
-                "clipped_costs": self.clipped_costs,
-                "W": self.W.tolist(),
-                "method": self.method,
-                "W_type": self.W_type,
-                "se_type": self.se_type,
-                "step": self.step,
-                "converged": self.converged,
-                "fp_converged": bool(self.fp_converged.all()),
-                "optimization_time": self.optimization_time,
-                "total_time": self.total_time,
-                "optimization_iterations": self.optimization_iterations,
-                "objective_evaluations": self.objective_evaluations,
-                "repeated_objective_evaluations": self.repeated_objective_evaluations,
-                "fp_iterations": self.fp_iterations,
-                "contraction_evaluations": self.contraction_evaluations,
-                "first_stage": self.first_stage.to_dict(orient="records"),
-                "micro_moments": self.micro_moments,
-                "micro_values": self.micro_values.reshape(-1).tolist(),
-            }
-        )
+    def to_dict(self, attributes: Sequence[str] = RESULTS_ATTRIBUTES) -> dict[str, Any]:
+        """A dictionary from the names of ``attributes`` to their values, as plain JSON-ready Python (PyBLP's method).
+
+        Arrays become lists (a column vector a flat list, a matrix nested lists), tables lists of records and NaN
+        None. By default, PyBLP's default attributes that demandkit has and the estimation's settings, first-stage
+        statistics and micro moments; any attribute of the results can be asked for.
+        """
+        return {name: _json_ready(_plain(getattr(self, name))) for name in attributes}
 
 
 def _describe_micro(moment: Any) -> dict[str, Any]:
@@ -330,6 +359,21 @@ def _describe_micro(moment: Any) -> dict[str, Any]:
             for part in moment.parts
         ],
     }
+
+
+def _plain(value: Any) -> Any:
+    """Arrays, tables and numpy scalars as lists, records and Python scalars (column vectors as flat lists)."""
+    if isinstance(value, pd.DataFrame):
+        return value.to_dict(orient="records")
+    if isinstance(value, np.ndarray):
+        return (value.reshape(-1) if value.ndim == 2 and value.shape[1] == 1 else value).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _json_ready(value: Any) -> Any:
@@ -370,12 +414,3 @@ def _reduce(hessian: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:
     reduced[at_bound, :] = 0
     reduced[:, at_bound] = 0
     return reduced
-
-
-def _project(gradient: np.ndarray, theta: np.ndarray, space: Any) -> np.ndarray:
-    """Zero the gradient components that push against an active bound (as optimality is judged)."""
-    projected = gradient.copy()
-    at_lower = np.isclose(theta, space.lower) & (gradient > 0)
-    at_upper = np.isclose(theta, space.upper) & (gradient < 0)
-    projected[at_lower | at_upper] = 0
-    return projected

@@ -85,8 +85,8 @@ def format_results(results: Any) -> str:
                     f"{results.total_time:.2f} s",
                     str(results.cumulative_optimization_iterations),
                     str(results.cumulative_objective_evaluations),
-                    str(results.cumulative_fp_iterations),
-                    str(results.cumulative_contraction_evaluations),
+                    str(results.cumulative_total_fp_iterations),
+                    str(results.cumulative_total_contraction_evaluations),
                 ]
             ],
         ),
@@ -97,9 +97,10 @@ def format_results(results: Any) -> str:
     if results.gamma.size:
         gamma_rows = [[_number(v) for v in results.gamma[:, 0]], [f"({_number(v)})" for v in results.gamma_se[:, 0]]]
         parts.append(_table(f"Gamma Estimates ({se_name} SEs in Parentheses):", results.gamma_labels, gamma_rows))
-        if results.clipped_costs:
+        if results.clipped_costs.any():
             parts.append(
-                f"Note: {results.clipped_costs} marginal cost(s) were clipped to costs_bounds={results.costs_bounds}."
+                f"Note: {int(results.clipped_costs.sum())} marginal cost(s) were clipped to "
+                f"costs_bounds={results.costs_bounds}."
             )
     space = results._space
     if space.sigma_index[0].size:
