@@ -52,6 +52,9 @@ BOOTSTRAPPED_METHODS = (
     "compute_approximate_prices",
     "compute_aggregate_elasticities",
     "compute_delta",
+    "compute_demand_jacobians",
+    "compute_demand_hessians",
+    "compute_profit_hessians",
 )
 
 

@@ -25,9 +25,11 @@ from ..construction.ownership import ownership_from_firms
 from ..exceptions import ConvergenceWarning, InvalidDataError, SpecificationError
 from ..kernels.equilibrium import iterate_prices
 from ..kernels.markups import bertrand_markups, equilibrium_zeta
-from ..kernels.shares import agent_utilities, compute_probabilities, share_jacobian
+from ..kernels.shares import agent_utilities, compute_probabilities, log_inclusive_values, share_jacobian
+from .long_run_diversion import long_run_diversion_ratios
 from .markets import MarketSelection, select_market
 from .merger import simulate_merger
+from .share_costs import share_dependent_costs
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,7 @@ class SupplyPostEstimation:
         prices: Any,
         iteration: Iteration | None,
         market: MarketSelection | None = None,
+        constant_costs: bool = True,
     ) -> tuple[Tensor, Tensor]:
         p, model = self.problem, self.model
         iteration = iteration or Iteration("simple", {"atol": 1e-12})
@@ -359,12 +362,21 @@ class SupplyPostEstimation:
             own = self._ownership_tensor(firm_ids, ownership)
             mask = model.mask
 
-            def markups(current: Tensor) -> Tensor:
-                probabilities, derivatives, _ = self._demand_at(current)
-                margins = current - costs_padded
-                return equilibrium_zeta(probabilities, model.weights, derivatives, own, margins, mask, model.nesting)[0]
+            moving = None if constant_costs else share_dependent_costs(self, costs_padded)
 
-            result = iterate_prices(markups, costs_padded, start, mask, iteration.method, iteration.options)
+            def markups(current: Tensor) -> Tensor:
+                """:math:`\\zeta(p)`, or :math:`c(s(p)) + \\zeta(p)` when costs move with shares."""
+                probabilities, derivatives, _ = self._demand_at(current)
+                costs_now = costs_padded
+                if moving is not None:
+                    shares = (torch.exp(probabilities.log_probabilities) * model.weights.unsqueeze(1)).sum(-1)
+                    costs_now = moving(shares)
+                margins = current - costs_now
+                zeta = equilibrium_zeta(probabilities, model.weights, derivatives, own, margins, mask, model.nesting)[0]
+                return zeta if moving is None else costs_now + zeta
+
+            base = costs_padded if moving is None else torch.zeros_like(costs_padded)
+            result = iterate_prices(markups, base, start, mask, iteration.method, iteration.options)
         converged = result.converged if market is None else result.converged[market.index : market.index + 1]
         if not bool(converged.all()):
             indices = torch.nonzero(~result.converged).flatten().tolist() if market is None else [market.index]
@@ -384,6 +396,7 @@ class SupplyPostEstimation:
         costs: Any = None,
         prices: Any = None,
         iteration: Iteration | None = None,
+        constant_costs: bool = True,
         market_id: Any = None,
     ) -> np.ndarray:
         """Equilibrium prices :math:`p = c + \\zeta(p)` under new ownership and/or costs.
@@ -403,6 +416,12 @@ class SupplyPostEstimation:
             Starting prices (``N``, or ``J_t`` with ``market_id``); by default the data's.
         iteration : Iteration, optional
             How to iterate the fixed point.
+        constant_costs : bool, optional
+            Whether marginal costs stay at ``costs`` as prices and shares change (the default, as
+            :meth:`compute_costs` assumes). With False and ``shares`` in the :math:`X_3` formulation, the costs follow
+            the shares at each iterate, :math:`c(s) = c + [X_3(s) - X_3(S)]\\gamma` (times
+            :math:`\\exp` of that change for ``costs_type='log'``; :mod:`~demandkit.blp.share_costs`), firms still
+            pricing as if costs were constant; without shares in :math:`X_3` it changes nothing.
         market_id : object, optional
             One market's id: its prices only (and only its convergence is reported).
 
@@ -416,12 +435,15 @@ class SupplyPostEstimation:
         costs = self._widen_costs(market, costs)
         if market is not None and prices is not None:
             prices = market.expand(prices, self.problem.products["prices"].to_numpy(dtype=np.float64), "prices")
-        stacked = self._rows(self._equilibrium(firm_ids, ownership, costs, prices, iteration, market)[0])
+        stacked = self._rows(
+            self._equilibrium(firm_ids, ownership, costs, prices, iteration, market, constant_costs)[0]
+        )
         return stacked if market is None else market.vector(stacked)
 
     def compute_long_run_diversion_ratios(self, market_id: Any = None) -> np.ndarray:
-        """Long-run diversion :math:`(s_k^{(-j)} - s_k)/s_j` when product :math:`j` leaves the market; the diagonal
-        holds diversion to the outside good. Logit-kernel models.
+        """Long-run diversion :math:`(s_{k(-j)} - s_k)/s_j` when product :math:`j` leaves the market; the diagonal
+        holds diversion to the outside good. Logit and nested logit kernels, in closed form
+        (:mod:`~demandkit.blp.long_run_diversion`).
 
         Parameters
         ----------
@@ -435,25 +457,13 @@ class SupplyPostEstimation:
         """
         market = select_market(self.problem, market_id)
         model = self.model
-        if model.nesting is not None:
-            raise SpecificationError("Long-run diversion ratios are implemented for (random-coefficients) logit only.")
         with torch.no_grad():
-            delta, mu, _, _ = self._state()
+            delta, mu, rho, _ = self._state()
+            nested_rho = rho if model.nesting is not None else None
             utilities = agent_utilities(delta, mu, model.mask)
-            peak = utilities.amax(dim=1, keepdim=True).clamp_min(0)
-            exp_u = torch.exp(utilities - peak) * model.mask.unsqueeze(-1)  # [T, J, I]
-            denominator = torch.exp(-peak) + exp_u.sum(1, keepdim=True)  # [T, 1, I]
-            w = model.weights.unsqueeze(1)
-            shares = (exp_u * w / denominator).sum(-1)  # [T, J]
-            outside = (torch.exp(-peak) * w / denominator).sum(-1).squeeze(1)  # [T]
-            without = w / (denominator - exp_u)  # [T, J(removed), I]
-            new_shares = torch.einsum("tji,tki->tjk", without, exp_u)  # s_k without j
-            new_outside = (without * torch.exp(-peak)).sum(-1)  # [T, J]
-            safe = torch.where(model.mask, shares, torch.ones_like(shares))
-            ratios = (new_shares - shares.unsqueeze(1)) / safe.unsqueeze(-1)
-            outside_ratio = (new_outside - outside.unsqueeze(-1)) / safe
-            eye = torch.eye(ratios.shape[-1], dtype=torch.bool, device=ratios.device)
-            ratios = torch.where(eye, outside_ratio.unsqueeze(-1).expand_as(ratios), ratios)
+            probabilities = compute_probabilities(utilities, model.nesting, nested_rho)
+            log_outside = -log_inclusive_values(utilities, model.nesting, nested_rho)
+            ratios = long_run_diversion_ratios(probabilities, log_outside, model.weights, model.mask, model.nesting)
         stacked = self._stack_matrices(ratios)
         return stacked if market is None else market.matrices(stacked)
 
