@@ -242,21 +242,22 @@ class GMMObjective:
         start_time = time.perf_counter()
         p = self.problem
         # a writable copy: scipy hands a read-only array when every bound is an equality, which torch warns about
-        theta = torch.as_tensor(np.array(theta_values, dtype=np.float64), dtype=p.dtype, device=p.device)
+        theta_values = self._agreed(np.array(theta_values, dtype=np.float64))
+        theta = torch.as_tensor(theta_values.copy(), dtype=p.dtype, device=p.device)
         theta.requires_grad_(gradient and theta.numel() > 0)
-        y, inversion, delta_rows, costs, clipped, micro, micro_values, micro_parts = self.structural(theta)
-        eliminated, residuals = self.iv.residuals(y)
-        objective = self.value(residuals, micro)
+        structural = self.structural(theta)
+        eliminated, residuals, objective = self._objective(structural.y, structural.micro)
         if theta.requires_grad:
             (grad,) = torch.autograd.grad(objective, theta)
+            grad = self._total(grad)
         else:
             grad = torch.zeros_like(theta)
-        result = inversion.result
+        result = structural.inversion.result
         self.stats.evaluations += 1
-        self.stats.fp_iterations += int(result.iterations.sum())
-        self.stats.contraction_evaluations += int(result.evaluations.sum())
+        self.stats.fp_iterations += int(self._total(result.iterations.sum().double()))
+        self.stats.contraction_evaluations += int(self._total(result.evaluations.sum().double()))
         failed = ~result.converged
-        if bool(failed.any()):
+        if bool(self._total(failed.sum().double()) > 0):
             self.stats.fp_failures += 1
             self.stats.last_unconverged_markets = torch.nonzero(failed).flatten().tolist()
         solved = torch.where(p.product_mask, result.values, 0.0)
@@ -268,23 +269,36 @@ class GMMObjective:
         parts = self.system.split(residuals.detach())
         self.stats.seconds += time.perf_counter() - start_time
         return Evaluation(
-            np.asarray(theta_values, dtype=np.float64).copy(),
+            theta_values,
             float(objective.detach()),
             grad.detach().cpu().numpy().astype(np.float64),
-            inversion.delta.detach(),
-            delta_rows.detach(),
+            structural.inversion.delta.detach(),
+            structural.delta_rows.detach(),
             beta,
             gamma,
             parts[0],
             parts[1] if len(parts) > 1 else None,
-            None if costs is None else costs.detach(),
-            clipped,
+            None if structural.costs is None else structural.costs.detach(),
+            structural.clipped,
             result.converged,
             result.iterations,
             result.evaluations,
-            micro_values,
-            micro_parts,
+            structural.micro_values,
+            structural.micro_parts,
         )
+
+    def _agreed(self, theta_values: np.ndarray) -> np.ndarray:
+        """The parameters every process evaluates (a sharded objective's rank 0's); here, as given."""
+        return theta_values
+
+    def _total(self, value: Tensor) -> Tensor:
+        """``value`` summed over the processes that share the evaluation; here, as given."""
+        return value
+
+    def _objective(self, y: Tensor, micro: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The concentrated linear parameters, the residuals and :math:`q` from the left-hand sides."""
+        eliminated, residuals = self.iv.residuals(y)
+        return eliminated, residuals, self.value(residuals, micro)
 
     def evaluate_or_recall(self, theta_values: np.ndarray) -> Evaluation:
         """:meth:`evaluate` with the gradient, unless this exact :math:`\\theta` (bit for bit) was among the last

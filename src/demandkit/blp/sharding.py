@@ -140,59 +140,21 @@ class ShardedGMMObjective(GMMObjective):
             return aggregate
         return torch.cat([aggregate, self.micro.observed - micro])
 
-    def evaluate(self, theta_values: np.ndarray, gradient: bool = True) -> Evaluation:
-        import time
+    def _agreed(self, theta_values: np.ndarray) -> np.ndarray:
+        return self.shard.broadcast(theta_values)
 
-        start_time = time.perf_counter()
+    def _total(self, value: Tensor) -> Tensor:
+        return self._sum(value)
+
+    def _objective(self, y: Tensor, micro: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """:math:`q` from :math:`Z'y` summed over ranks; this rank's residuals."""
         p = self.problem
-        theta_values = self.shard.broadcast(np.asarray(theta_values, dtype=np.float64))
-        theta = torch.as_tensor(theta_values.copy(), dtype=p.dtype, device=p.device)
-        theta.requires_grad_(gradient and theta.numel() > 0)
-        y, inversion, delta_rows, costs, clipped, micro, micro_values, micro_parts = self.structural(theta)
         ZY = self._shared(self.system.Z.T @ y)
         eliminated = self.projector @ ZY
         aggregate = (ZY - self.ZX @ eliminated) / p.N
         g = aggregate if micro is None else torch.cat([aggregate, self.micro.observed - micro])
-        objective = p.N * g @ self.W @ g
-        if theta.requires_grad:
-            (local,) = torch.autograd.grad(objective, theta)
-            grad = self._sum(local)
-        else:
-            grad = torch.zeros_like(theta)
         residuals = (y - self.system.X @ eliminated).detach()
-        result = inversion.result
-        self.stats.evaluations += 1
-        self.stats.fp_iterations += int(self._sum(result.iterations.sum().double()))
-        self.stats.contraction_evaluations += int(self._sum(result.evaluations.sum().double()))
-        failed = int(self._sum((~result.converged).sum().double()))
-        if failed:
-            self.stats.fp_failures += 1
-        solved = torch.where(p.product_mask, result.values, 0.0)
-        if self.delta_behavior == "last" or self._first:
-            if bool(torch.isfinite(solved).all()):
-                self.start = solved
-            self._first = False
-        beta, gamma = self.full_linear(theta.detach(), eliminated.detach())
-        parts = self.system.split(residuals)
-        self.stats.seconds += time.perf_counter() - start_time
-        return Evaluation(
-            np.asarray(theta_values, dtype=np.float64).copy(),
-            float(objective.detach()),
-            grad.detach().cpu().numpy().astype(np.float64),
-            inversion.delta.detach(),
-            delta_rows.detach(),
-            beta,
-            gamma,
-            parts[0],
-            parts[1] if len(parts) > 1 else None,
-            None if costs is None else costs.detach(),
-            clipped,
-            result.converged,
-            result.iterations,
-            result.evaluations,
-            micro_values,
-            micro_parts,
-        )
+        return eliminated, residuals, p.N * g @ self.W @ g
 
     def complete(self, evaluation: Evaluation) -> Evaluation:
         """The evaluation on the whole problem: every rank's markets and rows gathered in order."""
