@@ -454,36 +454,7 @@ KNOWN_GAPS = {
         "version",
     },
     "ProblemResults methods": set(),
-    "SimulationResults methods": {
-        # PyBLP's SimulationResults carries the post-estimation methods at the true parameters; demandkit reaches
-        # them through simulation_results.to_problem() solved with Optimization('return')
-        "compute_agent_scores",
-        "compute_aggregate_elasticities",
-        "compute_approximate_prices",
-        "compute_consumer_surpluses",
-        "compute_costs",
-        "compute_delta",
-        "compute_demand_hessians",
-        "compute_demand_jacobians",
-        "compute_diversion_ratios",
-        "compute_elasticities",
-        "compute_hhi",
-        "compute_long_run_diversion_ratios",
-        "compute_markups",
-        "compute_micro_scores",
-        "compute_micro_values",
-        "compute_passthrough",
-        "compute_prices",
-        "compute_probabilities",
-        "compute_profit_hessians",
-        "compute_profits",
-        "compute_shares",
-        "extract_diagonal_means",
-        "extract_diagonals",
-        "simulate_micro_data",
-        # demandkit's SimulationResults has to_dict but not the pickle round trip (save_pickle works)
-        "to_pickle",
-    },
+    "SimulationResults methods": set(),
     "Problem.__init__ parameters": {
         "epsilon_scale",  # the scale of the logit error is fixed at one
     },

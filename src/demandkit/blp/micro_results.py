@@ -41,11 +41,11 @@ def compute_micro_values(results: Any, micro_moments: Any) -> np.ndarray:
     Returns
     -------
     ndarray
-        ``M_M x 1``.
+        ``M_M`` values (a flat array, as PyBLP returns them; ``results.micro_values`` is ``M_M x 1``).
     """
     micro = MicroMoments(results.problem, micro_moments)
     with torch.no_grad():
         rho = torch.as_tensor(results.rho.reshape(-1), dtype=results.problem.dtype, device=results.problem.device)
         parts = micro.part_values(estimated_probabilities(results), results.model.weights, rho)
     values, _ = micro.statistics(parts)
-    return values.reshape(-1, 1)
+    return values

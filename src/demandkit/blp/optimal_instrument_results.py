@@ -14,10 +14,11 @@ import torch
 from ..configurations.formulation import Formulation, absorb
 from ..exceptions import SpecificationError
 from ..layout.validation import as_frame, check_full_rank, numbered_columns
+from ..persistence import Persistent
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OptimalInstrumentResults:
+class OptimalInstrumentResults(Persistent):
     """Estimated optimal instruments (PyBLP's ``OptimalInstrumentResults``).
 
     Attributes
@@ -59,8 +60,12 @@ class OptimalInstrumentResults:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The results' arrays by name (everything but ``problem_results``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "problem_results"}
+        """The results by name (everything but ``problem_results``), arrays as nested lists for JSON."""
+        return {
+            f.name: value.tolist() if isinstance(value := getattr(self, f.name), np.ndarray) else value
+            for f in dataclasses.fields(self)
+            if f.name != "problem_results"
+        }
 
     @property
     def supply_shifters(self) -> list[str]:

@@ -235,7 +235,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         self.first_stage = first_stage(problem)
 
     def compute_micro_values(self, micro_moments: Any) -> np.ndarray:
-        """Micro moment values :math:`f_m(v)` at the estimates, ``M_M x 1`` (the moments' ``value`` is ignored).
+        """Micro moment values :math:`f_m(v)` at the estimates, ``M_M`` (the moments' ``value`` is ignored).
 
         See :func:`demandkit.blp.micro_results.compute_micro_values`.
         """

@@ -14,10 +14,16 @@ from ..configurations.integration import Integration
 from ..construction.instruments import build_blp_instruments
 from ..kernels.fixed_point import FixedPointResult
 from ..layout.validation import numbered_columns
+from ..persistence import Persistent
+from .postestimation import TruePostEstimation
 
 
-class SimulationResults:
+class SimulationResults(TruePostEstimation, Persistent):
     """A solved simulation (PyBLP's ``SimulationResults``).
+
+    PyBLP's post-estimation methods (``compute_elasticities``, ``compute_costs``, ``compute_prices``, ...) are
+    evaluated at the simulation's true parameters by :attr:`true_results` (see
+    :mod:`demandkit.simulation.postestimation`); ``to_pickle`` and ``from_pickle`` save and load the results.
 
     Attributes
     ----------
@@ -72,10 +78,14 @@ class SimulationResults:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """The results' arrays by name (``product_data`` as a DataFrame)."""
-        names = ("product_data", "delta", "costs", "computation_time", "fp_converged", "fp_iterations")
+        """The results by name as JSON-compatible values: ``product_data`` as a mapping from columns to lists,
+        arrays as nested lists (None where absent)."""
+        names = ("delta", "costs", "fp_converged", "fp_iterations")
         names += ("contraction_evaluations", "profit_gradients", "profit_gradient_norms")
-        return {name: getattr(self, name) for name in names}
+        values: dict[str, Any] = {"product_data": self.product_data.to_dict(orient="list")}
+        values["computation_time"] = float(self.computation_time)
+        values.update({name: None if getattr(self, name) is None else getattr(self, name).tolist() for name in names})
+        return values
 
     def default_instruments(self) -> tuple[np.ndarray, np.ndarray]:
         """PyBLP's default excluded instruments: BLP sums of the exogenous X1 (X3) variables, plus a constant when
