@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..exceptions import SpecificationError
-from ..kernels.shares import MASKED
+from ..kernels.shares import MASKED, random_coefficients
 from ..persistence import Persistent
 from .demand import DemandModel
 
@@ -129,14 +129,9 @@ def batched_shares(results: Any, delta: Tensor, sigma: Tensor, pi: Tensor, rho: 
     out = []
     for start in range(0, delta.shape[0], chunk):  # chunks of draws
         end = start + chunk
-        coefficients = torch.einsum("tik,blk->btil", nodes, sigma[start:end])
-        if model.demographics is not None and pi.numel():
-            coefficients = coefficients + torch.einsum("tid,bld->btil", model.demographics, pi[start:end])
-        columns = []
-        for k, kind in enumerate(problem.rc_types):  # a loop over characteristics
-            column = coefficients[..., k]
-            columns.append(torch.exp(column) if kind == "log" else torch.sigmoid(column) if kind == "logit" else column)
-        coefficients = torch.stack(columns, dim=-1)
+        coefficients = random_coefficients(
+            nodes, model.demographics, sigma[start:end, None], pi[start:end, None], problem.rc_types
+        )
         utilities = delta[start:end].unsqueeze(-1) + torch.einsum("tjk,btik->btji", model.X2, coefficients)
         utilities = torch.where(problem.product_mask.unsqueeze(-1), utilities, MASKED)
         zeros = torch.zeros_like(utilities[:, :, :1, :])

@@ -53,10 +53,14 @@ class Probabilities:
 def random_coefficients(
     nodes: Tensor, demographics: Tensor | None, sigma: Tensor, pi: Tensor | None, rc_types: tuple[str, ...]
 ) -> Tensor:
-    """Agent-specific taste deviations :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, shape ``[T, I, K2]``."""
-    coefficients = nodes @ sigma.T
+    """Agent-specific taste deviations :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, shape ``[T, I, K2]``.
+
+    ``sigma`` and ``pi`` may carry leading batch dimensions (``[B, 1, K2, K2]`` gives ``[B, T, I, K2]``: the
+    parametric bootstrap's draws).
+    """
+    coefficients = nodes @ sigma.transpose(-1, -2)
     if pi is not None and demographics is not None and pi.numel() > 0:
-        coefficients = coefficients + demographics @ pi.T
+        coefficients = coefficients + demographics @ pi.transpose(-1, -2)
     if any(kind != "linear" for kind in rc_types):
         columns = []
         for k, kind in enumerate(rc_types):  # a loop over characteristics, not markets or agents
