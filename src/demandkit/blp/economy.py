@@ -39,6 +39,12 @@ from ..layout.validation import (
     warn_duplicate_products,
 )
 
+GMM_DTYPE = torch.float64
+"""The precision of the row-level data (X1, Z_D, X3, Z_S) and of all GMM algebra on it: the weighting matrix, the
+concentrated linear parameters, the moments and the objective. ``dtype=torch.float32`` lowers only the per-market
+work (shares, the inversion, markups); :math:`(Z'Z/N)^{-1}` and its kin are often too ill-conditioned for float32
+(Nevo's has a condition number near :math:`10^8`)."""
+
 
 @dataclass(frozen=True)
 class Design:
@@ -76,7 +82,12 @@ class Economy:
         add_exogenous: bool = True,
         device: str = "cpu",
         dtype: torch.dtype = torch.float64,
+        *,
+        buckets: int | None = None,
     ) -> None:
+        if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1):
+            raise SpecificationError(f"buckets must be None or a positive integer; received {buckets!r}.")
+        self.buckets = buckets
         formulations = (
             [product_formulations] if isinstance(product_formulations, Formulation) else list(product_formulations)
         )
@@ -299,8 +310,8 @@ class Economy:
         self.log_market_shares = self._tensor(layout.pad(log_shares))
         self.logit_delta = self._tensor(layout.pad(log_shares - outside[layout.market_of_row]))
         self.X2_padded = self._tensor(layout.pad(self.design.X2)) if self.K2 else None
-        self.X1_tensor = self._tensor(self.design.X1)
-        self.ZD_tensor = self._tensor(self.design.ZD)
+        self.X1_tensor = self._tensor(self.design.X1, GMM_DTYPE)
+        self.ZD_tensor = self._tensor(self.design.ZD, GMM_DTYPE)
         self.rows_market = torch.as_tensor(layout.market_of_row, device=self.device)
         self.rows_slot = torch.as_tensor(layout.slot_of_row, device=self.device)
         self.H = 0
@@ -314,7 +325,7 @@ class Economy:
             for e in range(self.design.absorb_ids.shape[1]):
                 codes = self.design.absorb_ids[:, e]
                 self.absorb_codes.append(torch.as_tensor(codes, device=self.device))
-                self.absorb_counts.append(self._tensor(np.bincount(codes)))
+                self.absorb_counts.append(self._tensor(np.bincount(codes), GMM_DTYPE))
         self.I = len(self.weights) if self.K2 else 0  # agents over all markets (PyBLP's I)
         if self.K2:
             agent = self.agent_layout
@@ -332,15 +343,15 @@ class Economy:
         self.dX1_padded = self._tensor(layout.pad(self.dX1))
         self.dX2_padded = self._tensor(layout.pad(self.dX2)) if self.K2 else None
         self.ownership_padded = self._tensor(self.ownership) if self.ownership is not None else None
-        self.X3_tensor = self._tensor(self.X3)
-        self.ZS_tensor = self._tensor(self.ZS)
+        self.X3_tensor = self._tensor(self.X3, GMM_DTYPE)
+        self.ZS_tensor = self._tensor(self.ZS, GMM_DTYPE)
         self.MS = self.ZS.shape[1]
         self.supply_absorb_codes, self.supply_absorb_counts = [], []
         if self.supply_absorb_ids is not None:
             for e in range(self.supply_absorb_ids.shape[1]):
                 codes = self.supply_absorb_ids[:, e]
                 self.supply_absorb_codes.append(torch.as_tensor(codes, device=self.device))
-                self.supply_absorb_counts.append(self._tensor(np.bincount(codes)))
+                self.supply_absorb_counts.append(self._tensor(np.bincount(codes), GMM_DTYPE))
         if self.clustering_ids is not None:
             self.clustering_codes = torch.as_tensor(
                 np.unique(self.clustering_ids, return_inverse=True)[1], device=self.device

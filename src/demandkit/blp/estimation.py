@@ -313,9 +313,9 @@ def _initial_W(problem: Any, system: StackedSystem, W: Any, micro: MicroMoments 
     if W is None:
         blocks = [invert(Z.T @ Z / problem.N)[0] for Z in system.instruments(problem)]
         if micro is not None:  # replaced by the initial update before it weights anything
-            blocks.append(torch.eye(micro.M, dtype=problem.dtype, device=problem.device))
+            blocks.append(torch.eye(micro.M, dtype=torch.float64, device=problem.device))
         return torch.block_diag(*blocks)
-    matrix = torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=problem.dtype, device=problem.device)
+    matrix = torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=torch.float64, device=problem.device)
     if matrix.shape != (M, M):
         raise SpecificationError(f"W must be {M} by {M}; received shape {tuple(matrix.shape)}.")
     return matrix

@@ -90,7 +90,7 @@ class MicroMoments:
                 self.datasets.append(part.dataset)
         unique_names([d.name for d in self.datasets], "micro dataset")
         self.part_index = [[self._index(part) for part in moment.parts] for moment in moments]
-        self.observed = torch.tensor([m.value for m in moments], dtype=problem.dtype, device=problem.device)
+        self.observed = torch.tensor([m.value for m in moments], dtype=torch.float64, device=problem.device)
         self.layouts = [self._lay_out(dataset) for dataset in self.datasets]
         self.nests = None  # [T, 1 + J, H] nest membership (the outside option in none) under nesting
         if problem.H:

@@ -30,7 +30,9 @@ from ..configurations.iteration import Iteration
 from ..kernels.absorption import Absorb
 from ..kernels.gmm import LinearIV
 from ..kernels.shares import LogitProbabilities
+from .buckets import BucketedMarkets, build_buckets
 from .demand import DemandModel
+from .economy import GMM_DTYPE
 from .micro import MicroMoments
 from .parameters import ParameterSpace
 from .supply import SupplyModel
@@ -142,6 +144,8 @@ class GMMObjective:
         self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
         self.system = StackedSystem.build(problem, space)
         self.micro = micro
+        buckets = build_buckets(problem)
+        self.bucketed = None if buckets is None else BucketedMarkets(buckets, model, self.supply, self.observed_shares)
         self.reduce: Any = None  # sums over processes (a sharded objective's); None: this process has every market
         self.W = W
         self.iv = self._linear_iv(W)
@@ -180,7 +184,7 @@ class GMMObjective:
         probabilities = self.probabilities(inversion.delta, sigma, pi, rho, inversion.mu)
         parts = self.micro.part_values(probabilities, self.model.weights, rho, self.reduce)
         f, values, _ = self.micro.surrogate(parts)
-        return f, values, parts.detach()
+        return f.to(GMM_DTYPE), values, parts.detach()
 
     def micro_covariances(self, evaluation: Evaluation) -> Tensor:
         """:math:`S_M` at an evaluation (or the given sample covariances)."""
@@ -189,23 +193,22 @@ class GMMObjective:
             theta = torch.as_tensor(evaluation.theta, dtype=self.problem.dtype, device=self.problem.device)
             sigma, pi, rho = self.space.unpack(theta)
             probabilities = self.probabilities(evaluation.delta, sigma, pi, rho)
-            return self.micro.covariances(probabilities, self.model.weights, rho)
+            return self.micro.covariances(probabilities, self.model.weights, rho).to(GMM_DTYPE)
 
     def structural(self, theta: Tensor) -> Structural:
         """Left-hand sides of the stacked system at ``theta``, and the micro statistics."""
         p = self.problem
-        sigma, pi, rho = self.space.unpack(theta)
+        # theta and the GMM algebra in float64; the per-market work in the problem's dtype (GMM_DTYPE)
+        sigma, pi, rho = (x.to(p.dtype) for x in self.space.unpack(theta))
         beta, gamma = self.space.unpack_linear(theta)
-        inversion = self.model.invert(sigma, pi, rho, self.start, self.iteration.method, self.iteration.options)
-        delta_rows = self._absorb(inversion.delta[p.rows_market, p.rows_slot], p.absorb_codes, p.absorb_counts)
+        inversion, markups = self._per_market(sigma, pi, rho, beta.to(p.dtype))
+        delta_rows = inversion.delta[p.rows_market, p.rows_slot].to(GMM_DTYPE)
+        delta_rows = self._absorb(delta_rows, p.absorb_codes, p.absorb_counts)
         y = delta_rows - p.X1_tensor @ beta
         micro = self._micro(inversion, sigma, pi, rho)
         if self.supply is None:
             return Structural(y, inversion, delta_rows, None, 0, *micro)
-        markups = self.supply.markups(
-            inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares, inversion=inversion
-        )
-        costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot]
+        costs = (p.prices_padded - markups)[p.rows_market, p.rows_slot].to(GMM_DTYPE)
         lower, upper = self.costs_bounds
         clipped = int(((costs < lower) | (costs > upper)).sum())
         bounded = costs.clamp(min=lower, max=upper) if clipped else costs
@@ -213,6 +216,20 @@ class GMMObjective:
         transformed = self._absorb(transformed, p.supply_absorb_codes, p.supply_absorb_counts)
         y_supply = transformed - p.X3_tensor @ gamma
         return Structural(torch.cat([y, y_supply]), inversion, delta_rows, costs, clipped, *micro)
+
+    def _per_market(self, sigma: Tensor, pi: Tensor, rho: Tensor, beta: Tensor) -> tuple[Any, Tensor | None]:
+        """The inversion from the warm start and, with a supply side, the markups at the observed shares: one batch
+        of all markets, or one per bucket of similar size (:mod:`.buckets`)."""
+        method, options = self.iteration.method, self.iteration.options
+        if self.bucketed is not None:
+            return self.bucketed.solve(sigma, pi, rho, beta, self.start, method, options)
+        inversion = self.model.invert(sigma, pi, rho, self.start, method, options)
+        if self.supply is None:
+            return inversion, None
+        markups = self.supply.markups(
+            inversion.delta, sigma, pi, rho, beta, shares=self.observed_shares, inversion=inversion
+        )
+        return inversion, markups
 
     def moments(self, residuals: Tensor, micro: Tensor | None) -> Tensor:
         """:math:`\\bar g`: the aggregate moments :math:`Z'u/N`, then the micro moments :math:`f(\\bar v) - f(v)`."""
@@ -243,7 +260,7 @@ class GMMObjective:
         p = self.problem
         # a writable copy: scipy hands a read-only array when every bound is an equality, which torch warns about
         theta_values = self._agreed(np.array(theta_values, dtype=np.float64))
-        theta = torch.as_tensor(theta_values.copy(), dtype=p.dtype, device=p.device)
+        theta = torch.as_tensor(theta_values.copy(), dtype=GMM_DTYPE, device=p.device)
         theta.requires_grad_(gradient and theta.numel() > 0)
         structural = self.structural(theta)
         eliminated, residuals, objective = self._objective(structural.y, structural.micro)
@@ -344,7 +361,7 @@ class GMMObjective:
         if P == 0:
             return concentrated
         self.start = torch.where(p.product_mask, evaluation.delta, 0.0)
-        theta = torch.as_tensor(evaluation.theta, dtype=p.dtype, device=p.device).clone().requires_grad_(True)
+        theta = torch.as_tensor(evaluation.theta, dtype=GMM_DTYPE, device=p.device).clone().requires_grad_(True)
         structural = self.structural(theta)
         moments = self.moments(structural.y, structural.micro)
         rows = [

@@ -173,7 +173,7 @@ def with_instruments(problem: Any, demand: np.ndarray, supply: np.ndarray) -> An
     check_full_rank(ZD, labels, "The optimal demand instruments")
     updated.design = dataclasses.replace(design, ZD=ZD, ZD_labels=labels)
     updated.MD = ZD.shape[1]
-    updated.ZD_tensor = torch.as_tensor(np.ascontiguousarray(ZD), dtype=p.dtype, device=p.device)
+    updated.ZD_tensor = torch.as_tensor(np.ascontiguousarray(ZD), dtype=torch.float64, device=p.device)
     columns = {label: demand[:, k] for k, label in enumerate(labels[: demand.shape[1]])}
     if p.K3:
         exogenous = [k for k, label in enumerate(p.X3_labels) if "shares" not in label]
@@ -186,7 +186,7 @@ def with_instruments(problem: Any, demand: np.ndarray, supply: np.ndarray) -> An
         )
         check_full_rank(ZS, supply_labels, "The optimal supply instruments")
         updated.ZS, updated.ZS_labels, updated.MS = ZS, supply_labels, ZS.shape[1]
-        updated.ZS_tensor = torch.as_tensor(np.ascontiguousarray(ZS), dtype=p.dtype, device=p.device)
+        updated.ZS_tensor = torch.as_tensor(np.ascontiguousarray(ZS), dtype=torch.float64, device=p.device)
         columns.update({label: supply[:, k] for k, label in enumerate(supply_labels[: supply.shape[1]])})
     old = numbered_columns(p.products, "demand_instruments") + numbered_columns(p.products, "supply_instruments")
     updated.products = p.products.drop(columns=old).assign(**columns)
