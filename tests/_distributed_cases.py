@@ -41,8 +41,10 @@ def mixed_logit_results(distributed: bool | None = None) -> dict:
     return {"theta": results.theta, "se": results.se.to_numpy(), "loglikelihood": results.loglikelihood}
 
 
-def blp_results(distributed: bool | None = None) -> dict:
-    """A random-coefficients logit with Pi, log marginal costs (Bertrand-Nash supply) and a micro moment."""
+def blp_results(distributed: bool | None = None, absorbed: bool = False) -> dict:
+    """A random-coefficients logit with Pi, log marginal costs (Bertrand-Nash supply) and a micro moment; or, with
+    ``absorbed``, firm and market fixed effects absorbed into X1 and firm fixed effects into X3 (groups that span
+    the ranks' markets) without the micro moment."""
     import numpy as np
     import pandas as pd
 
@@ -88,13 +90,11 @@ def blp_results(distributed: bool | None = None) -> dict:
     differences = build_differentiation_instruments(dk.Formulation("0 + x + w"), frame, "quadratic", interact=True)
     columns = {f"demand_instruments{k}": differences[:, k] for k in range(differences.shape[1])}
     columns.update({f"supply_instruments{k}": differences[:, k] for k in range(differences.shape[1])})
-    problem = dk.Problem(
-        [dk.Formulation("1 + prices + x"), dk.Formulation("0 + x + prices"), dk.Formulation("1 + w")],
-        frame.assign(**columns),
-        dk.Formulation("0 + income"),
-        agents,
-        costs_type="log",
-    )
+    formulations = [dk.Formulation("1 + prices + x"), dk.Formulation("0 + x + prices"), dk.Formulation("1 + w")]
+    if absorbed:
+        formulations[0] = dk.Formulation("0 + prices + x", absorb="C(firm_ids) + C(market_ids)")
+        formulations[2] = dk.Formulation("0 + w", absorb="C(firm_ids)")
+    problem = dk.Problem(formulations, frame.assign(**columns), dk.Formulation("0 + income"), agents, costs_type="log")
     survey = dk.MicroDataset("survey", 500, lambda t, p, a: np.ones((a.size, 1 + p.size)))
     income_inside = dk.MicroPart(
         "E[income 1{j>0}]", survey, lambda t, p, a: np.outer(a.demographics[:, 0], np.r_[0, np.ones(p.size)])
@@ -104,10 +104,11 @@ def blp_results(distributed: bool | None = None) -> dict:
     results = problem.solve(
         sigma=[[0.5, 0], [0, 0]],
         pi=[[0], [0.2]],
-        beta=[None, -1.5, None],
-        micro_moments=moments,
+        beta=[-1.5, None] if absorbed else [None, -1.5, None],
+        micro_moments=() if absorbed else moments,
         optimization=dk.Optimization("l-bfgs-b", {"gtol": 1e-8}),
         distributed=distributed,
     )
     names = ["theta", "sigma_se", "pi_se", "beta", "beta_se", "gamma", "gamma_se", "xi", "omega", "micro_values", "W"]
+    names = names + ["delta"] if absorbed else names
     return {name: getattr(results, name) for name in names} | {"objective": results.objective}

@@ -1,6 +1,7 @@
 """A torchrun job for tests/test_distributed.py: solve three problems in a gloo group, each rank pickles its results
 
-(the integrated model, the mixed logit and a BLP problem with supply and micro moments).
+(the integrated model, the mixed logit, a BLP problem with supply and micro moments, and one with absorbed fixed
+effects).
 Run as ``torchrun --standalone --nproc-per-node 2 tests/_distributed_job.py OUT``.
 """
 
@@ -23,7 +24,12 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        results = {"integrated": integrated_results(), "mixed_logit": mixed_logit_results(), "blp": blp_results()}
+        results = {
+            "integrated": integrated_results(),
+            "mixed_logit": mixed_logit_results(),
+            "blp": blp_results(),
+            "blp_absorbed": blp_results(absorbed=True),
+        }
         shard = current_shard(None, torch.device("cpu"))
         results["shard"] = (shard.rank, shard.world)
         Path(f"{sys.argv[1]}.{shard.rank}").write_bytes(pickle.dumps(results))

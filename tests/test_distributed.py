@@ -59,6 +59,16 @@ def test_blp_with_supply_and_micro_moments_two_processes_equal_one(two_processes
     assert ranks[0]["objective"] == pytest.approx(single["objective"], rel=1e-9)
 
 
+def test_blp_with_absorbed_fixed_effects_two_processes_equal_one(two_processes):
+    """Firm and market fixed effects (X1) and firm fixed effects (X3): groups span both ranks' markets."""
+    single = blp_results(distributed=False, absorbed=True)
+    ranks = [r["blp_absorbed"] for r in two_processes]
+    for name in ("theta", "sigma_se", "pi_se", "beta", "beta_se", "gamma", "gamma_se", "xi", "omega", "delta", "W"):
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+        np.testing.assert_allclose(ranks[0][name], single[name], rtol=1e-8, atol=1e-10, err_msg=name)
+    assert ranks[0]["objective"] == pytest.approx(single["objective"], rel=1e-9)
+
+
 def test_blocks_cover_the_items_in_order():
     sizes = np.array([5, 1, 1, 1, 9, 2, 2, 3])
     blocks = [Shard(rank, 3, torch.device("cpu")).block(sizes) for rank in range(3)]

@@ -251,7 +251,9 @@ def solve(
         W_current = _updated_W(
             problem, system, evaluation, W_type, center_moments, not last_step, whole(objective), simulation
         )
-    covariances = _covariances(problem, whole(objective), system, steps[-1], se_type, center_moments, simulation)
+    covariances = _covariances(
+        problem, whole(objective), system, steps[-1], se_type, center_moments, simulation, objective
+    )
     hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
     return ProblemResults(
         problem=problem,
@@ -387,9 +389,12 @@ def _covariances(
     se_type: str,
     center: bool,
     simulation: Tensor | None = None,
+    jacobian: GMMObjective | None = None,
 ) -> Covariances:
+    """The step's covariances; ``jacobian`` (a sharded step's own objective, by default ``objective``) takes the
+    moments' Jacobian, so that each process differentiates only its markets."""
     evaluation = last.evaluation
-    G = objective.moments_jacobian(evaluation)
+    G = (jacobian or objective).moments_jacobian(evaluation)
     # PyBLP removes elements fixed by equal bounds from theta; a bounded optimizer holds them there (an unbounded
     # one lets them move, so they are estimated and keep their column)
     space = objective.space

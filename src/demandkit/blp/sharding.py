@@ -17,7 +17,10 @@ same numbers; the parameters are broadcast from rank 0 at each evaluation so tha
 
 Each rank loads the whole problem (the data, for the weighting matrix, the standard errors and the results, which
 are computed once per step on the whole problem) and evaluates only its markets during the optimization, where
-the time goes. Fixed effects absorbed across markets and resampled agents are not sharded (an error says so).
+the time goes; the moments' Jacobian for the standard errors is summed over ranks as well. Fixed effects absorbed
+into X1 or X3 span markets: their within projection adds each group's sums over ranks (one all-reduce per
+projection; alternating projections for several also agree on the largest change). Resampled agents are not
+sharded (an error says so).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import Shard
-from ..exceptions import SpecificationError
+from ..kernels.absorption import Absorb
 from ..kernels.gmm import LinearIV
+from .economy import GMM_DTYPE
 from .objective import Evaluation, GMMObjective
 
 MARKET_TENSORS = (
@@ -67,13 +71,11 @@ def shard_economy(problem: Any, start: int, stop: int) -> Any:
     ``N`` stays the whole problem's (the moments are averages over all products); everything NumPy (the layouts,
     the data) is the whole problem's.
     """
-    if problem.absorb_codes or getattr(problem, "supply_absorb_codes", None):
-        raise SpecificationError(
-            "Fixed effects absorbed into X1 or X3 tie markets together, so the problem cannot be sharded across "
-            "processes: use dummy variables instead, or solve in one process (distributed=False)."
-        )
     sharded = copy.copy(problem)
     rows = torch.nonzero((problem.rows_market >= start) & (problem.rows_market < stop)).flatten()
+    # absorbed fixed effects: this shard's rows' group codes; the counts stay the whole problem's
+    sharded.absorb_codes = [codes[rows] for codes in problem.absorb_codes]
+    sharded.supply_absorb_codes = [codes[rows] for codes in getattr(problem, "supply_absorb_codes", [])]
     for name in MARKET_TENSORS:
         value = getattr(problem, name, None)
         if isinstance(value, Tensor):
@@ -129,6 +131,15 @@ class ShardedGMMObjective(GMMObjective):
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total.to(tensor.device)
 
+    def _largest(self, tensor: Tensor) -> Tensor:
+        largest = tensor.detach().clone().to(self.shard.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return largest.to(tensor.device)
+
+    def _absorb(self, rows: Tensor, codes: list, counts: list) -> Tensor:
+        """The within projection of this rank's rows, with group sums over ranks (fixed effects span markets)."""
+        return Absorb.apply(rows, codes, counts, self._sum, self._largest) if codes else rows
+
     def _shared(self, local: Tensor) -> Tensor:
         """:math:`\\sum_r x_r` in value, differentiable through this rank's :math:`x_r` only."""
         return local + (self._sum(local) - local.detach())
@@ -155,6 +166,32 @@ class ShardedGMMObjective(GMMObjective):
         g = aggregate if micro is None else torch.cat([aggregate, self.micro.observed - micro])
         residuals = (y - self.system.X @ eliminated).detach()
         return eliminated, residuals, p.N * g @ self.W @ g
+
+    def moments_jacobian(self, evaluation: Evaluation) -> Tensor:
+        """:math:`\\bar G`, each rank differentiating its own markets' share of every moment, summed over ranks.
+
+        ``evaluation`` is the whole problem's (:meth:`complete`). The moments' values are the sums over ranks; their
+        gradients flow through this rank's markets only (:meth:`_shared`), so the rows of the ranks' Jacobians add up
+        to the whole problem's with one all-reduce. The concentrated block is :math:`-Z'X/N` from the summed
+        :math:`Z'X`.
+        """
+        p = self.problem
+        concentrated = -self.ZX / p.N
+        if self.micro is not None:
+            concentrated = torch.cat([concentrated, concentrated.new_zeros((self.micro.M, concentrated.shape[1]))])
+        if evaluation.theta.size == 0:
+            return concentrated
+        start, stop = self.block
+        self.start = torch.where(p.product_mask, evaluation.delta[start:stop], 0.0)
+        theta = torch.as_tensor(evaluation.theta, dtype=GMM_DTYPE, device=p.device).clone().requires_grad_(True)
+        structural = self.structural(theta)
+        moments = self.moments(structural.y, structural.micro)
+        rows = [
+            torch.autograd.grad(moments[m], theta, retain_graph=m + 1 < moments.shape[0], allow_unused=True)[0]
+            for m in range(moments.shape[0])  # a loop over moments (post-estimation only)
+        ]
+        local = torch.stack([torch.zeros_like(theta) if row is None else row for row in rows])
+        return torch.cat([self._sum(local), concentrated], dim=1)
 
     def complete(self, evaluation: Evaluation) -> Evaluation:
         """The evaluation on the whole problem: every rank's markets and rows gathered in order."""
