@@ -15,7 +15,7 @@ from scipy.stats import norm, qmc
 from demandkit.configurations.integration import SPECIFICATIONS, Integration, IntegrationSpecification
 
 RANDOM = ("monte_carlo", "halton", "sobol", "lhs", "mlhs")
-DETERMINISTIC = ("product", "grid")
+DETERMINISTIC = ("product", "grid", "nested_product", "nested_grid")
 
 
 def sort_rows(nodes: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +285,17 @@ def test_build_outputs_are_writable_copies():
 
 def test_specifications_are_derived_from_the_literal():
     assert SPECIFICATIONS == get_args(IntegrationSpecification)
-    assert set(SPECIFICATIONS) == {"monte_carlo", "halton", "sobol", "lhs", "mlhs", "product", "grid"}
+    assert set(SPECIFICATIONS) == {
+        "monte_carlo",
+        "halton",
+        "sobol",
+        "lhs",
+        "mlhs",
+        "product",
+        "nested_product",
+        "grid",
+        "nested_grid",
+    }
 
 
 def test_configuration_is_frozen_and_compares_by_effective_options():

@@ -112,7 +112,7 @@ def test_parameter_shapes_and_options(data):
     with pytest.raises(ValueError, match="check_optimality must be one of 'gradient', 'both'"):
         problem.solve(sigma=np.eye(2), pi=[[0], [1]], check_optimality="hessian")
     with pytest.raises(ValueError, match="Iteration method"):
-        dk.Iteration("anderson")
+        dk.Iteration("gauss-seidel")
     with pytest.raises(ValueError, match="unknown keys"):
         dk.Iteration("squarem", {"tolerance": 1})
     with pytest.raises(ValueError, match="Optimization method"):

@@ -26,9 +26,12 @@ import numpy as np
 from numpy.polynomial.hermite import hermgauss
 from scipy.stats import norm, qmc
 
+from .nested_hermite import MAX_LEVEL, nested_hermite
 from .options import check_choice, check_keys
 
-IntegrationSpecification = Literal["monte_carlo", "halton", "sobol", "lhs", "mlhs", "product", "grid"]
+IntegrationSpecification = Literal[
+    "monte_carlo", "halton", "sobol", "lhs", "mlhs", "product", "nested_product", "grid", "nested_grid"
+]
 SPECIFICATIONS: tuple[str, ...] = get_args(IntegrationSpecification)
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -38,8 +41,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "lhs": {"seed": None},
     "mlhs": {"seed": None},
     "product": {},
+    "nested_product": {},
     "grid": {},
+    "nested_grid": {},
 }
+_QUADRATURES = ("product", "nested_product", "grid", "nested_grid")
 
 # SciPy renamed the generator keyword of the QMC engines from ``seed`` to ``rng`` in 1.15; a Generator
 # passed under either name gives the same stream.
@@ -56,7 +62,8 @@ class Integration:
 
     Parameters
     ----------
-    specification : {'monte_carlo', 'halton', 'sobol', 'lhs', 'mlhs', 'product', 'grid'}
+    specification : {'monte_carlo', 'halton', 'sobol', 'lhs', 'mlhs', 'product', 'nested_product', 'grid', \
+'nested_grid'}
         The rule. The first five are equally weighted draws, :math:`w_i = 1 / I` with :math:`I` = ``size``,
         and :math:`\\nu_i = \\Phi^{-1}(u_i)` for uniforms :math:`u_i` (except ``'monte_carlo'``):
 
@@ -86,10 +93,17 @@ class Integration:
 
           over positive level vectors :math:`\\ell`, with repeated nodes merged by adding their weights
           (which can be negative) and the weights rescaled to sum to one, as PyBLP does.
+        - ``'nested_product'`` and ``'nested_grid'``: the same with the nested rules of Genz and Keister (1996)
+          in place of Gauss-Hermite's (:mod:`~demandkit.configurations.nested_hermite`; Heiss and Winschel's
+          "KPN" rules, as in PyBLP). The level-:math:`\\ell` rule (1 to 25) has 1, 3, 3, 7, 9, ... nodes and is
+          exact at least to degree :math:`2\\ell - 1`; its nodes are among those of every higher level, so a
+          nested sparse grid reuses nodes across its components and is smaller than the Gauss-Hermite one. Their
+          weights can be negative.
 
     size : int
-        The number of draws per market for the random rules, the quadrature level for ``'product'`` and
-        ``'grid'``. A positive integer.
+        The number of draws per market for the random rules, the quadrature level for ``'product'``,
+        ``'nested_product'``, ``'grid'`` and ``'nested_grid'`` (at most 25 for the nested rules). A positive
+        integer.
     specification_options : dict, optional
         ``seed`` (int or None, every rule but the quadratures): seeds the generator. ``None`` (the default,
         as in PyBLP) seeds from fresh operating-system entropy, so draws differ from call to call.
@@ -138,6 +152,10 @@ class Integration:
         if not _is_integer(self.size) or self.size < 1:
             raise ValueError(f"Integration size must be a positive integer; received {self.size!r}.")
         object.__setattr__(self, "size", int(self.size))
+        if self.specification.startswith("nested_") and self.size > MAX_LEVEL:
+            raise ValueError(
+                f"Integration size (the level) of {self.specification!r} is at most {MAX_LEVEL}; received {self.size}."
+            )
         given = self.specification_options
         if given is not None and not isinstance(given, dict):
             raise ValueError(
@@ -177,7 +195,9 @@ class Integration:
             "lhs": f"Latin hypercube draws of size {size}",
             "mlhs": f"modified Latin hypercube draws of size {size}",
             "product": f"the level-{size} Gauss-Hermite product rule",
+            "nested_product": f"the level-{size} nested Gauss-Hermite product rule",
             "grid": f"a sparse grid of level-{size} Gauss-Hermite rules",
+            "nested_grid": f"a sparse grid of level-{size} nested Gauss-Hermite rules",
         }
         text = f"Configured to construct nodes and weights with {rules[self.specification]}"
         if options:
@@ -234,9 +254,9 @@ class Integration:
 
     def _build_markets(self, dimensions: int, markets: int) -> tuple[np.ndarray, np.ndarray]:
         """Stack the nodes and weights of ``markets`` consecutive markets."""
-        if self.specification in ("product", "grid"):
-            rule = _product_rule if self.specification == "product" else _sparse_grid
-            nodes, weights = rule(dimensions, self.size)
+        if self.specification in _QUADRATURES:
+            rule = _product_rule if self.specification.endswith("product") else _sparse_grid
+            nodes, weights = rule(dimensions, self.size, self.specification.startswith("nested_"))
             return np.tile(nodes, (markets, 1)), np.tile(weights, markets)
         count = markets * self.size
         weights = np.full(count, 1 / self.size)
@@ -277,9 +297,11 @@ def _gauss_hermite(level: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def _tensor(levels: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Tensor product of the univariate rules of the given levels, the last dimension varying fastest."""
-    rules = [_gauss_hermite(level) for level in levels]
+def _tensor(levels: tuple[int, ...], nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor product of the univariate rules (nested ones if ``nested``) of the given levels, the last dimension
+    varying fastest."""
+    univariate = nested_hermite if nested else _gauss_hermite
+    rules = [univariate(level) for level in levels]
     grids = np.meshgrid(*(nodes for nodes, _ in rules), indexing="ij")
     nodes = np.stack([grid.ravel() for grid in grids], axis=1)
     weights = functools.reduce(np.kron, (weights for _, weights in rules))
@@ -292,9 +314,10 @@ def _frozen(nodes: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 @functools.cache
-def _product_rule(dimensions: int, level: int) -> tuple[np.ndarray, np.ndarray]:
-    """The level-``level`` Gauss-Hermite product rule in ``dimensions`` dimensions (read-only, cached)."""
-    return _frozen(*_tensor((level,) * dimensions))
+def _product_rule(dimensions: int, level: int, nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The level-``level`` (nested if ``nested``) Gauss-Hermite product rule in ``dimensions`` dimensions
+    (read-only, cached)."""
+    return _frozen(*_tensor((level,) * dimensions, nested))
 
 
 def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
@@ -304,8 +327,9 @@ def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
 
 
 @functools.cache
-def _sparse_grid(dimensions: int, level: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Smolyak sparse grid of Gauss-Hermite rules of accuracy ``level`` (read-only, cached).
+def _sparse_grid(dimensions: int, level: int, nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The Smolyak sparse grid of Gauss-Hermite rules (nested ones if ``nested``) of accuracy ``level``
+    (read-only, cached).
 
     Nodes are the distinct rows of all component tensor grids, sorted lexicographically (first column
     first); each weight is the sum of the signed component weights at that node, rescaled to sum to one.
@@ -314,11 +338,12 @@ def _sparse_grid(dimensions: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     for q in range(max(0, level - dimensions), level):
         coefficient = (-1) ** (level - 1 - q) * math.comb(dimensions - 1, dimensions + q - level)
         for levels in _compositions(dimensions + q, dimensions):
-            nodes, weights = _tensor(levels)
+            nodes, weights = _tensor(levels, nested)
             node_blocks.append(nodes)
             weight_blocks.append(coefficient * weights)
-    # distinct levels share no node but 0, which is exactly 0.0 in every odd-level rule, so exact
-    # comparison merges precisely the repeated nodes
+    # distinct Gauss-Hermite levels share no node but 0, which is exactly 0.0 in every odd-level rule, and the
+    # nested rules take a shared node from one table of floats, so exact comparison merges precisely the
+    # repeated nodes
     nodes, inverse = np.unique(np.concatenate(node_blocks), axis=0, return_inverse=True)
     weights = np.bincount(inverse.ravel(), weights=np.concatenate(weight_blocks), minlength=nodes.shape[0])
     return _frozen(nodes, weights / weights.sum())

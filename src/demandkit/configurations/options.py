@@ -6,9 +6,13 @@ from typing import Any, Literal, get_args
 
 from ..exceptions import SpecificationError
 
-IterationMethod = Literal["squarem", "simple", "newton", "return"]
+IterationRootMethod = Literal["broyden1", "broyden2", "anderson", "krylov", "diagbroyden", "df-sane", "hybr", "lm"]
+"""PyBLP's :func:`scipy.optimize.root` methods for the inversion (run on the stacked system of all markets)."""
+IterationMethod = Literal["squarem", "simple", "newton", "return", IterationRootMethod]
 IterationNorm = Literal["infinity", "l2"]
-OptimizationMethod = Literal["l-bfgs-b", "bfgs", "trust-constr", "nelder-mead", "return"]
+OptimizationMethod = Literal[
+    "l-bfgs-b", "bfgs", "slsqp", "tnc", "trust-constr", "cg", "newton-cg", "nelder-mead", "powell", "knitro", "return"
+]
 GMMMethod = Literal["1s", "2s"]
 CovarianceType = Literal["robust", "clustered", "unadjusted"]
 DeltaBehavior = Literal["first", "last"]

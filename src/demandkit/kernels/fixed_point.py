@@ -11,6 +11,7 @@ one batched linear solve per market in the backward pass; iterations are never u
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,62 @@ class FixedPointResult:
     evaluations: Tensor  # [T] int64
 
 
-def market_norm(x: Tensor, norm: str, mask: Tensor | None = None) -> Tensor:
+# whether each callable norm could be batched with torch.vmap (a numpy norm cannot); weakly keyed by the norm
+_VMAPPABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batched_norm(norm: Callable[[Any], Any], values: Tensor) -> Tensor:
+    """``norm`` of each row of ``values`` (``[n, J]``, one market each): one ``torch.vmap`` call if ``norm`` is a
+    torch function of a vector, else ``norm`` on each row as a NumPy vector."""
+    try:
+        known = _VMAPPABLE.get(norm)
+    except TypeError:  # not weakly referenceable: try vmap every time
+        known = None
+    if known is not False:
+        try:
+            out = torch.vmap(norm)(values)
+            if not isinstance(out, Tensor) or out.shape != values.shape[:1]:
+                raise TypeError("not a scalar per vector")
+            _remember(norm, True)
+            return out.to(values.dtype)
+        except Exception:  # a NumPy (or otherwise unbatchable) norm: the documented slow path below
+            _remember(norm, False)
+    rows = values.detach().cpu().numpy()
+    return torch.tensor([float(norm(row)) for row in rows], dtype=values.dtype, device=values.device)
+
+
+def _remember(norm: Callable[[Any], Any], vmappable: bool) -> None:
+    try:
+        _VMAPPABLE[norm] = vmappable
+    except TypeError:
+        pass
+
+
+def _callable_norm(x: Tensor, norm: Callable[[Any], Any], mask: Tensor | None) -> Tensor:
+    """A user's norm of each market's vector of real product slots, ``[T]``: markets with the same number of
+    products go to :func:`_batched_norm` together (a loop over the distinct market sizes, not the markets)."""
+    if mask is None:
+        return _batched_norm(norm, x)
+    counts = mask.sum(-1)
+    out = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for size in torch.unique(counts).tolist():
+        rows = torch.nonzero(counts == size).flatten()
+        if size:
+            out[rows] = _batched_norm(norm, x[rows][mask[rows]].reshape(len(rows), size))
+    return out
+
+
+def market_norm(x: Tensor, norm: str | Callable[[Any], Any], mask: Tensor | None = None) -> Tensor:
     """Per-market norm of ``x``, ``[T]``, over real product slots (``x`` is masked first when ``mask`` is given;
-    without it, padded slots must already be zero)."""
+    without it, padded slots must already be zero).
+
+    ``norm`` is ``'infinity'``, ``'l2'`` or a callable of one market's vector returning a scalar (PyBLP's
+    contract). A callable is batched over markets with ``torch.vmap`` when it is a torch function; a norm that
+    vmap cannot run (a NumPy function, say) is called on each market's NumPy vector, one Python call per market
+    and evaluation: a slow path, for experiments rather than estimation. Under ``mask`` a callable sees only
+    the market's real products."""
+    if callable(norm):
+        return _callable_norm(x, norm, mask)
     if mask is not None:
         x = torch.where(mask, x, torch.zeros_like(x))
     if norm == "infinity":
@@ -94,6 +148,7 @@ def iterate_squarem(
     factor = float(options["step_factor"])
     scheme = options["scheme"]
     budget = int(options["max_evaluations"])
+    norm_mask = mask if callable(options["norm"]) else None  # a user's norm sees only real products
     calls = 0
 
     def G(value: Tensor) -> Tensor:
@@ -104,7 +159,7 @@ def iterate_squarem(
     def settle(candidate: Tensor, change: Tensor, previous: Tensor) -> bool:
         """Freeze markets whose ``change`` from ``previous`` meets the tolerance; whether to stop."""
         nonlocal x, done, frozen_at
-        newly = _close(change, previous, options).logical_and_(~done)
+        newly = _close(change, previous, options, norm_mask).logical_and_(~done)
         x = torch.where(newly.unsqueeze(-1), candidate, x)
         frozen_at = torch.where(newly, calls, frozen_at)
         done = done | newly
@@ -138,7 +193,7 @@ def iterate_squarem(
         finite = torch.isfinite(x3).all(-1, keepdim=True)
         candidate = torch.where(finite, x3, x2)
         previous = torch.where(finite, accelerated, x1)
-        newly = _close(candidate - previous, previous, options).logical_and_(~done)
+        newly = _close(candidate - previous, previous, options, norm_mask).logical_and_(~done)
         x = torch.where(done.unsqueeze(-1), x, candidate)
         frozen_at = torch.where(newly, calls, frozen_at)
         done = done | newly

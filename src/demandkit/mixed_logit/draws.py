@@ -27,7 +27,7 @@ from ..exceptions import SpecificationError
 #: individuals per independently seeded block of pseudo-random draws
 BLOCK = 256
 _SEQUENCES = ("halton", "sobol")
-_QUADRATURE = ("product", "grid")
+_QUADRATURE = ("product", "nested_product", "grid", "nested_grid")
 
 
 @dataclass(frozen=True)
