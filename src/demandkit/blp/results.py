@@ -27,6 +27,7 @@ from .micro_scores import build_optimal_micro_moments, compute_agent_scores, com
 from .optimal_instruments import OptimalInstrumentResults, compute_optimal_instruments
 from .postestimation import DemandPostEstimation
 from .progress import clipped_costs, market_counts, parameter_labels, project_gradient, tilde_costs
+from .results_attributes import ResultsAttributes
 from .summary import format_results
 
 RESULTS_ATTRIBUTES = tuple(
@@ -36,10 +37,12 @@ RESULTS_ATTRIBUTES = tuple(
         "cumulative_converged optimization_iterations cumulative_optimization_iterations "
         "objective_evaluations cumulative_objective_evaluations fp_converged cumulative_fp_converged "
         "fp_iterations cumulative_fp_iterations contraction_evaluations cumulative_contraction_evaluations "
-        "parameters parameter_covariances theta sigma sigma_squared pi rho beta gamma sigma_se pi_se rho_se "
-        "beta_se gamma_se sigma_labels pi_labels rho_labels beta_labels gamma_labels theta_labels delta "
-        "tilde_costs clipped_shares clipped_costs xi omega micro micro_values moments moments_jacobian "
-        "moments_covariances objective gradient projected_gradient projected_gradient_norm hessian "
+        "parameters parameter_covariances parameter_sensitivity theta sigma sigma_squared pi rho beta gamma "
+        "sigma_se sigma_squared_se pi_se rho_se beta_se gamma_se sigma_bounds pi_bounds rho_bounds beta_bounds "
+        "gamma_bounds sigma_labels pi_labels rho_labels beta_labels gamma_labels theta_labels delta tilde_costs "
+        "clipped_shares clipped_costs xi omega xi_fe omega_fe micro micro_values micro_covariances moments "
+        "moments_jacobian moments_covariances simulation_covariances objective xi_by_theta_jacobian "
+        "omega_by_theta_jacobian micro_by_theta_jacobian gradient projected_gradient projected_gradient_norm hessian "
         "reduced_hessian reduced_hessian_eigenvalues W updated_W "
         "method W_type se_type costs_bounds repeated_objective_evaluations "
         "cumulative_repeated_objective_evaluations total_fp_iterations total_contraction_evaluations "
@@ -53,7 +56,7 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64)
 
 
-class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTests, Persistent):
+class ProblemResults(ResultsAttributes, DemandPostEstimation, SupplyPostEstimation, SpecificationTests, Persistent):
     """Results of :meth:`Problem.solve`.
 
     Attributes
@@ -117,6 +120,16 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         ``repeated_objective_evaluations`` and ``cumulative_repeated_objective_evaluations`` were at a
         :math:`\\theta` evaluated just before (a failed line search returns to its base point) and were answered
         from memory instead of computed again.
+    parameter_sensitivity, sigma_squared_se, xi_fe, omega_fe, micro_covariances, simulation_covariances : ndarray
+        The estimates' sensitivity to the moments, delta-method standard errors of :math:`\\Sigma\\Sigma'`, the
+        absorbed fixed effects and the micro and simulation blocks of :math:`S` (PyBLP's; see
+        :mod:`demandkit.blp.results_attributes` for these and the following).
+    sigma_bounds, pi_bounds, rho_bounds, beta_bounds, gamma_bounds : tuple
+        ``(lower, upper)`` matrices of the bounds the optimizer used.
+    xi_by_theta_jacobian, omega_by_theta_jacobian, micro_by_theta_jacobian : ndarray
+        Jacobians of :math:`\\xi`, :math:`\\omega` (``N x P``) and the micro moments (``M_M x P``) by :math:`\\theta`.
+    last_results : ProblemResults or None
+        The results of the previous GMM step.
     """
 
     def __init__(
@@ -135,6 +148,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
         costs_bounds: tuple[float, float] = (-np.inf, np.inf),
         hessian: np.ndarray | None = None,
         micro: Any = None,
+        last_results: ProblemResults | None = None,
     ) -> None:
         self.problem = problem
         self._micro = micro
@@ -233,6 +247,7 @@ class ProblemResults(DemandPostEstimation, SupplyPostEstimation, SpecificationTe
             [theta, self.beta[space.eliminated_beta, 0], self.gamma[space.eliminated_gamma, 0]]
         )[estimated].reshape(-1, 1)
         self.first_stage = first_stage(problem)
+        self._store_pyblp_attributes(covariances, last_results)
 
     def compute_micro_values(self, micro_moments: Any) -> np.ndarray:
         """Micro moment values :math:`f_m(v)` at the estimates, ``M_M`` (the moments' ``value`` is ignored).
@@ -390,7 +405,7 @@ def _json_ready(value: Any) -> Any:
 def _standard_errors(space: Any, se: np.ndarray) -> tuple[np.ndarray, ...]:
     """Place standard errors ordered as (theta, concentrated beta, concentrated gamma) into matrices."""
     n_sigma, n_pi, n_rho = len(space.sigma_index[0]), len(space.pi_index[0]), len(space.rho_index)
-    n_beta, P = len(space.beta_index), space.P
+    n_beta, P = len(space.beta_index), space.P  # phi's follow rho's (results.phi_se, .extended_objective)
     sigma_se = np.full(space.sigma0.shape, np.nan)  # NaN for elements fixed at zero, as PyBLP
     sigma_se[space.sigma_index] = se[:n_sigma]
     pi_se = np.full(space.pi0.shape, np.nan)
