@@ -8,6 +8,7 @@ inversion by a fixed-point method, and its implicit derivative with respect to
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from ..kernels.shares import (
     random_coefficients,
     share_jacobian,
 )
+from .contraction import ShareClipping, exponentiated
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,16 @@ class DemandModel:
             self.weights = torch.ones((T, 1), dtype=p.dtype, device=p.device)
             self.log_weights = torch.zeros((T, 1), dtype=p.dtype, device=p.device)
             self.signed_weights = False
+
+    fp_type: str = "safe_linear"  # PyBLP's contraction type and bounds on simulated shares (see with_contraction)
+    shares_bounds: tuple[float, float] | None = None
+
+    def with_contraction(self, fp_type: str, shares_bounds: tuple[float, float] | None) -> DemandModel:
+        """A shallow copy whose :meth:`invert` uses PyBLP's ``fp_type`` and ``shares_bounds`` by default (models
+        restricted to a bucket of markets or a shard copy them)."""
+        model = copy.copy(self)
+        model.fp_type, model.shares_bounds = fp_type, shares_bounds
+        return model
 
     # ----------------------------------------------------------- primitives
     def fix_nodes(self, sigma0: Tensor | np.ndarray) -> DemandModel:
@@ -156,11 +168,27 @@ class DemandModel:
         rho_h = rho.expand(self.nesting.count) if rho.numel() == 1 else rho
         return torch.where(self.mask, self.logit_delta - rho_h[self.nesting.ids] * log_within, 0.0)
 
-    def invert(self, sigma: Tensor, pi: Tensor, rho: Tensor, start: Tensor, method: str, options: dict) -> Inversion:
+    def invert(
+        self,
+        sigma: Tensor,
+        pi: Tensor,
+        rho: Tensor,
+        start: Tensor,
+        method: str,
+        options: dict,
+        *,
+        fp_type: str | None = None,
+        shares_bounds: tuple[float, float] | None = None,
+    ) -> Inversion:
         """Solve :math:`s(\\delta; \\theta) = S` for :math:`\\delta` in every market.
 
-        The solve runs without autograd; the returned ``delta`` carries the implicit derivative.
+        The solve runs without autograd; the returned ``delta`` carries the implicit derivative. ``shares_bounds``
+        ``(lb, ub)`` clips simulated shares in the contraction, and a nonlinear ``fp_type`` makes ``'simple'`` and
+        ``'squarem'`` iterate on :math:`e^\\delta` (PyBLP's; :mod:`demandkit.blp.contraction`); by default the
+        model's (:meth:`with_contraction`).
         """
+        fp_type = self.fp_type if fp_type is None else fp_type
+        shares_bounds = self.shares_bounds if shares_bounds is None else shares_bounds
         T = self.mask.shape[0]
         if not self.K2:
             delta = self.closed_form_delta(rho)
@@ -174,9 +202,13 @@ class DemandModel:
             damp = self.dampener(r)
             target = self.log_market_shares
             start = torch.where(self.mask, start, 0.0)
+            clipping = ShareClipping.build(shares_bounds)
+            gaps = None if clipping is None else clipping.gaps(target, self.mask)
 
             def exact_contraction(x: Tensor) -> Tensor:
-                return torch.where(self.mask, x + damp * (target - self.log_shares(x, mu, r)), 0.0)
+                log_shares = self.log_shares(x, mu, r)
+                log_shares = log_shares if clipping is None else clipping.log_shares(log_shares)
+                return torch.where(self.mask, x + damp * (target - log_shares), 0.0)
 
             contraction = exact_contraction
             fast = None
@@ -188,8 +220,13 @@ class DemandModel:
                     zero); the log-space kernel where a share underflows or overflows."""
                     update = target - fast.log_share_kernel(x)
                     if math.isfinite(update.sum().item()):  # any NaN or infinity makes the sum non-finite
-                        return update
+                        # shares clipped to shares_bounds (an underflowing one is clipped in the log-space kernel)
+                        return update if gaps is None else ShareClipping.bound_update(update, x, gaps)
                     return exact_contraction(x)
+
+            back = None
+            if "nonlinear" in fp_type and method in ("simple", "squarem"):  # PyBLP's iteration on exp(delta)
+                contraction, start, back = exponentiated(contraction, start, self.mask)
 
             if method == "return":
                 ones = torch.ones(T, dtype=torch.int64, device=start.device)
@@ -203,13 +240,33 @@ class DemandModel:
 
                 result = iterate_newton(step, start, self.mask, options)
             else:
-                solver = iterate_simple if method == "simple" else iterate_squarem
-                # inference mode skips autograd's bookkeeping on each of the loop's many small operations
-                # (about a tenth of their fixed cost on the CPU); its tensors are cloned back out below
-                with torch.inference_mode():
-                    result = solver(contraction, start, self.mask, options)
-                result = FixedPointResult(*(getattr(result, f.name).clone() for f in dataclasses.fields(result)))
+                from ..kernels.root import ROOT_METHODS, iterate_custom, solve_root
 
+                if callable(method) or method in ROOT_METHODS:
+                    # scipy.optimize.root or a user's routine, called once on the stacked markets (kernels.root)
+                    settings = dict(options)
+                    contraction_jacobian = None
+                    if settings.pop("compute_jacobian", False):
+                        scale = damp.unsqueeze(-1) if isinstance(damp, Tensor) else damp
+
+                        def contraction_jacobian(x: Tensor) -> Tensor:
+                            """:math:`I - (1 - \\rho)\\,\\partial\\log s/\\partial\\delta` (padded slots ignored)."""
+                            jacobian = self.log_share_jacobian(x, mu, r)
+                            return torch.eye(jacobian.shape[-1], dtype=x.dtype, device=x.device) - scale * jacobian
+
+                    if callable(method):
+                        result = iterate_custom(method, contraction, start, self.mask, settings, contraction_jacobian)
+                    else:
+                        result = solve_root(contraction, start, self.mask, method, settings, contraction_jacobian)
+                else:
+                    solver = iterate_simple if method == "simple" else iterate_squarem
+                    # inference mode skips autograd's bookkeeping on each of the loop's many small operations
+                    # (about a tenth of their fixed cost on the CPU); its tensors are cloned back out below
+                    with torch.inference_mode():
+                        result = solver(contraction, start, self.mask, options)
+                    result = FixedPointResult(*(getattr(result, f.name).clone() for f in dataclasses.fields(result)))
+
+            result = result if back is None else back(result)
             probabilities = None
             if fast is not None:
                 probabilities = fast.probabilities(result.values)

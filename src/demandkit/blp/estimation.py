@@ -23,17 +23,21 @@ from torch import Tensor
 from ..configurations.iteration import Iteration
 from ..configurations.micro import MicroMoment
 from ..configurations.optimization import Optimization, OptimizationResult
-from ..configurations.options import CovarianceType, DeltaBehavior, GMMMethod, Optimality, check_choice
+from ..configurations.options import CovarianceType, GMMMethod, Optimality, check_choice
 from ..distributed import current_shard
 from ..exceptions import ConvergenceWarning, SpecificationError
-from ..kernels.gmm import invert, moment_covariances, parameter_covariances
+from ..kernels.gmm import invert, parameter_covariances
+from .contraction import clipped_shares
 from .demand import DemandModel
+from .extended_moments import ExtendedMoments, with_phi
+from .extended_objective import ExtendedGMMObjective, aggregate_covariances, check_distributed, store_phi
 from .failures import explain_failures, numerical_failure, where
 from .micro import MicroMoments
 from .objective import Evaluation, EvaluationStats, GMMObjective, StackedSystem
 from .parameters import ParameterSpace
 from .results import ProblemResults
 from .simulation_error import simulation_at
+from .solve_options import DEFAULT_SHARES_BOUNDS, SolveDeltaBehavior, SolveOptions
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Covariances:
     S: Tensor
     G: Tensor
     estimated: np.ndarray | None = None  # None: every element
+    simulation: Tensor | None = None  # the simulation covariances added to S (resample_agent_data)
 
 
 @explain_failures
@@ -67,32 +72,48 @@ def solve(
     sigma: Any = None,
     pi: Any = None,
     rho: Any = None,
+    phi: Any = None,
     beta: Any = None,
     gamma: Any = None,
     sigma_bounds: Any = None,
     pi_bounds: Any = None,
     rho_bounds: Any = None,
+    phi_bounds: Any = None,
     beta_bounds: Any = None,
     gamma_bounds: Any = None,
     delta: Any = None,
-    W: Any = None,
     method: str = "2s",
     initial_update: bool | None = None,
     optimization: Optimization | None = None,
-    iteration: Iteration | None = None,
-    costs_bounds: Any = None,
+    scale_objective: bool = True,
+    check_optimality: str = "both",
+    finite_differences: bool = False,
+    error_behavior: str = "revert",
+    error_punishment: float = 1,
     delta_behavior: str = "first",
+    iteration: Iteration | None = None,
+    fp_type: str = "safe_linear",
+    shares_bounds: Any = DEFAULT_SHARES_BOUNDS,
+    costs_bounds: Any = None,
+    W: Any = None,
+    center_moments: bool = True,
     W_type: str = "robust",
     se_type: str = "robust",
-    center_moments: bool = True,
-    check_optimality: str = "both",
-    progress: bool = False,
+    demand_moment_types: Any = "levels",
+    supply_moment_types: Any = "levels",
+    covariance_moments_mean: float = 0,
     micro_moments: Sequence[MicroMoment] = (),
     micro_sample_covariances: Any = None,
     resample_agent_data: Callable[[int], Any] | None = None,
+    *,
+    progress: bool = False,
     distributed: bool | None = None,
 ) -> Any:
-    """Estimate the problem by one- or two-step GMM, with PyBLP's arguments and defaults.
+    """Estimate the problem by one- or two-step GMM, with PyBLP's arguments (in PyBLP's order) and defaults.
+
+    ``progress`` and ``distributed``, demandkit's own, are keyword-only. ``phi``/``phi_bounds`` (AR(1) unobservables
+    along ``lag_indices``), ``demand_moment_types``/``supply_moment_types`` and the covariance moments of
+    ``covariance_instruments`` with mean ``covariance_moments_mean`` are PyBLP's (:mod:`.extended_moments`).
 
     Parameters
     ----------
@@ -120,11 +141,22 @@ def solve(
         Default ``Optimization('l-bfgs-b', {'ftol': 0, 'gtol': 1e-8})``, PyBLP's.
     iteration : Iteration, optional
         Default ``Iteration('squarem', {'atol': 1e-14})``.
+    scale_objective, finite_differences, error_behavior, error_punishment, fp_type, shares_bounds
+        PyBLP's, with PyBLP's defaults (:class:`~demandkit.blp.solve_options.SolveOptions`): the objective scaled
+        by :math:`N` or not; gradients and the moments' Jacobian by central differences instead of autograd; on a
+        non-finite objective or gradient or a failed inversion, ``'revert'`` to the last finite values (the
+        objective times ``error_punishment``), ``'punish'`` (objective ``error_punishment``, zero gradient) or
+        ``'raise'`` (:class:`~demandkit.blp.failures.EstimationError`, also when the optimizer or a final inversion
+        fails); the contraction on :math:`\\delta` (``'safe_linear'``, ``'linear'``) or on :math:`e^\\delta`
+        (``'safe_nonlinear'``, ``'nonlinear'``), which solve the same fixed point; and ``(lb, ub)`` bounds on
+        simulated shares in the linear contraction (``results.clipped_shares`` flags those outside at the end).
     costs_bounds : tuple, optional
         ``(lower, upper)`` bounds on marginal costs; costs outside are clipped and counted (e.g.
         ``(0.001, None)`` with ``costs_type='log'``).
-    delta_behavior : {'first', 'last'}
-        Start each inversion at the delta of the step's first evaluation, or of the last one.
+    delta_behavior : {'first', 'last', 'logit'}
+        Start each inversion at the delta of the step's first evaluation, of the last one, or at the logit's
+        :math:`\\log s_j - \\log s_0` (less :math:`\\rho\\log s_{j|g}` under nesting, at the evaluation's
+        :math:`\\rho`).
     W_type, se_type : {'robust', 'clustered', 'unadjusted'}
         How :math:`S` is estimated for the weighting matrix and for standard errors.
     center_moments : bool
@@ -165,11 +197,16 @@ def solve(
         them and asks for rescaling.
     SpecificationError
         Bad arguments, or such a breakdown with no column of extreme scale (other starting values may help).
+    EstimationError
+        With ``error_behavior='raise'``, an evaluation with an error or an optimizer that did not converge.
     """
     check_choice("method", method, GMMMethod)
     check_choice("W_type", W_type, CovarianceType)
     check_choice("se_type", se_type, CovarianceType)
-    check_choice("delta_behavior", delta_behavior, DeltaBehavior)
+    check_choice("delta_behavior", delta_behavior, SolveDeltaBehavior)
+    options = SolveOptions(
+        scale_objective, finite_differences, error_behavior, error_punishment, fp_type, shares_bounds
+    )
     check_choice("check_optimality", check_optimality, Optimality)
     if "clustered" in (W_type, se_type) and problem.clustering_codes is None:
         raise SpecificationError("W_type or se_type 'clustered' needs a clustering_ids column in product_data.")
@@ -189,7 +226,10 @@ def solve(
         beta_bounds=beta_bounds,
         gamma_bounds=gamma_bounds,
     )
-    _check_identification(problem, space, len(micro_moments))
+    space = with_phi(space, problem, phi, phi_bounds, optimization.supports_bounds)
+    extended = ExtendedMoments(problem, demand_moment_types, supply_moment_types, covariance_moments_mean)
+    extended = extended if extended.active else None
+    _check_identification(problem, space, len(micro_moments) + problem.MC)
     bounds = _costs_bounds(costs_bounds)
     model = DemandModel(problem).fix_nodes(space.sigma0)
     start = _starting_delta(problem, delta)
@@ -202,37 +242,43 @@ def solve(
                 "moments' covariances at the starting values: initial_update cannot be False (give W instead)."
             )
         initial_update = True
-    W_current = _initial_W(problem, system, W, micro)
+    W_current = _initial_W(problem, system, W, micro, extended)
     theta = space.theta0
     total_start = time.perf_counter()
     shard = current_shard(distributed, problem.device)
     if shard is not None and resample_agent_data is not None:
         raise SpecificationError("resample_agent_data is not supported with distributed estimation.")
+    if shard is not None and finite_differences:
+        raise SpecificationError("finite_differences=True is not supported with distributed estimation.")
+    check_distributed(extended, shard, resample_agent_data)
 
     def objective_for(W_step: Tensor, delta_start: Tensor, stats: EvaluationStats) -> GMMObjective:
         """The step's objective: on this process's markets when sharded (:mod:`.sharding`)."""
         arguments = (space, iteration, W_step, delta_start, delta_behavior, stats, bounds)
+        if shard is None and extended is not None:
+            return ExtendedGMMObjective(problem, model, *arguments, micro, options, extended=extended)
         if shard is None:
-            return GMMObjective(problem, model, *arguments, micro)
+            return GMMObjective(problem, model, *arguments, micro, options)
         from .sharding import ShardedGMMObjective
 
-        return ShardedGMMObjective(problem, model, *arguments, shard=shard, micro=micro)
+        return ShardedGMMObjective(problem, model, *arguments, shard=shard, micro=micro, options=options)
 
     def whole(objective: GMMObjective) -> GMMObjective:
         """An objective on every market, for the weighting matrix and the covariances (itself when unsharded)."""
         if shard is None:
             return objective
-        return GMMObjective(
-            problem, model, space, iteration, objective.W, start, delta_behavior, EvaluationStats(), bounds, micro
-        )
+        arguments = (space, iteration, objective.W, start, delta_behavior, EvaluationStats(), bounds, micro, options)
+        return GMMObjective(problem, model, *arguments)
 
     if initial_update:
         objective = objective_for(W_current, start, EvaluationStats())
         initial = objective.complete(objective.evaluate(theta, gradient=False))
+        options.check_evaluation("The initial update", initial, problem)
         simulation = simulation_at(objective, initial, resample_agent_data)
         W_current = _updated_W(problem, system, initial, W_type, center_moments, True, whole(objective), simulation)
         start = torch.where(problem.product_mask, initial.delta, 0.0)
     steps: list[StepResult] = []
+    last_results = None  # the previous step's results (PyBLP's last_results)
     for step in range(1, (2 if method == "2s" else 1) + 1):
         stats = EvaluationStats()
         objective = objective_for(W_current, start, stats)
@@ -242,7 +288,8 @@ def solve(
             raise numerical_failure(
                 problem, f"GMM step {step}: the objective or its gradient is not finite{where(problem, evaluation)}"
             )
-        _warn_failures(step, optimized, evaluation)
+        options.check_step(step, optimized, evaluation, problem)
+        evaluation = options.reported(evaluation)
         steps.append(StepResult(step, W_current, optimized, evaluation, stats))
         theta = optimized.x
         start = torch.where(problem.product_mask, evaluation.delta, 0.0)
@@ -251,11 +298,18 @@ def solve(
         W_current = _updated_W(
             problem, system, evaluation, W_type, center_moments, not last_step, whole(objective), simulation
         )
+        if not last_step:  # this step's results (without a Hessian), the next one's last_results
+            covariances = _covariances(
+                problem, whole(objective), system, steps[-1], se_type, center_moments, simulation, objective
+            )
+            arguments = (W_current, W_type, se_type, method, optimization, iteration, time.perf_counter() - total_start)
+            last_results = ProblemResults(problem, space, list(steps), covariances, *arguments, bounds, None, micro)
+            store_phi(last_results, space, last_results._standard_error_vector, extended, objective)
     covariances = _covariances(
         problem, whole(objective), system, steps[-1], se_type, center_moments, simulation, objective
     )
     hessian = _hessian(objective, steps[-1].evaluation.theta) if check_optimality == "both" else None
-    return ProblemResults(
+    results = ProblemResults(
         problem=problem,
         space=space,
         steps=steps,
@@ -270,7 +324,11 @@ def solve(
         costs_bounds=bounds,
         hessian=hessian,
         micro=micro,
+        last_results=last_results,
     )
+    store_phi(results, space, results._standard_error_vector, extended, objective)
+    results.clipped_shares = clipped_shares(problem, model, space, steps[-1].evaluation, options.contraction_bounds)
+    return results
 
 
 def _check_identification(problem: Any, space: ParameterSpace, micro: int = 0) -> None:
@@ -310,10 +368,13 @@ def _starting_delta(problem: Any, delta: Any) -> Tensor:
     return problem.padded(values)
 
 
-def _initial_W(problem: Any, system: StackedSystem, W: Any, micro: MicroMoments | None = None) -> Tensor:
-    M = problem.MD + problem.MS + (micro.M if micro is not None else 0)
+def _initial_W(
+    problem: Any, system: StackedSystem, W: Any, micro: MicroMoments | None = None, extended: Any = None
+) -> Tensor:
+    M = problem.MD + problem.MS + problem.MC + (micro.M if micro is not None else 0)
     if W is None:
         blocks = [invert(Z.T @ Z / problem.N)[0] for Z in system.instruments(problem)]
+        blocks = [extended.initial_W()] if extended is not None else blocks
         if micro is not None:  # replaced by the initial update before it weights anything
             blocks.append(torch.eye(micro.M, dtype=torch.float64, device=problem.device))
         return torch.block_diag(*blocks)
@@ -321,10 +382,6 @@ def _initial_W(problem: Any, system: StackedSystem, W: Any, micro: MicroMoments 
     if matrix.shape != (M, M):
         raise SpecificationError(f"W must be {M} by {M}; received shape {tuple(matrix.shape)}.")
     return matrix
-
-
-def _residuals(evaluation: Evaluation) -> list[Tensor]:
-    return [evaluation.xi] + ([evaluation.omega] if evaluation.omega is not None else [])
 
 
 def _updated_W(
@@ -339,9 +396,7 @@ def _updated_W(
 ) -> Tensor:
     """:math:`W = S^{-1}` (pseudo-inverse if singular; a warning if it will weight a further step); with micro
     moments block-diagonal, :math:`S_M^{-1}` in the micro block."""
-    S = moment_covariances(
-        _residuals(evaluation), system.instruments(problem), W_type, problem.clustering_codes, center
-    )
+    S = aggregate_covariances(problem, objective, system, evaluation, W_type, center)
     if objective is not None and objective.micro is not None:
         S = torch.block_diag(S, objective.micro_covariances(evaluation))
     if simulation is not None:
@@ -354,31 +409,6 @@ def _updated_W(
             stacklevel=4,
         )
     return W
-
-
-def _warn_failures(step: int, optimized: OptimizationResult, evaluation: Evaluation) -> None:
-    if not optimized.converged:
-        norm = float(np.abs(optimized.gradient).max()) if optimized.gradient.size else 0.0
-        advice = "Try other starting values, a different Optimization method or a looser gtol."
-        if optimized.message.upper().startswith("ABNORMAL"):
-            advice = (
-                "The line search could not decrease the objective any further, which usually means that it is flat "
-                "to floating-point precision there (PyBLP's L-BFGS-B stops the same way); with a small gradient the "
-                "estimates are at the optimum to that precision. " + advice
-            )
-        warnings.warn(
-            f"GMM step {step}: the optimizer stopped without converging ({optimized.message.strip()}) with "
-            f"gradient infinity norm {norm:.2e}. {advice}",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    if not bool(evaluation.converged.all()):
-        warnings.warn(
-            f"GMM step {step}: the inversion for delta did not converge in {int((~evaluation.converged).sum())} "
-            "market(s) at the final parameters; see results.fp_converged.",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
 
 
 def _covariances(
@@ -401,9 +431,7 @@ def _covariances(
     fixed = (space.lower == space.upper) & (evaluation.theta == space.lower)
     estimated = np.concatenate([~fixed, np.ones(G.shape[1] - fixed.size, dtype=bool)])
     G = G[:, torch.as_tensor(np.flatnonzero(estimated), device=G.device)]
-    S = moment_covariances(
-        _residuals(evaluation), system.instruments(problem), se_type, problem.clustering_codes, center
-    )
+    S = aggregate_covariances(problem, objective, system, evaluation, se_type, center)
     if objective.micro is not None:
         S = torch.block_diag(S, objective.micro_covariances(evaluation))
     if simulation is not None:
@@ -415,7 +443,7 @@ def _covariances(
     W = last.W
     if se_type == "unadjusted" and last.step == 1:
         W = invert(S)[0]
-    return Covariances(parameter_covariances(W, S, G, se_type), S, G, estimated)
+    return Covariances(parameter_covariances(W, S, G, se_type), S, G, estimated, simulation)
 
 
 def _hessian(objective: GMMObjective, theta: np.ndarray) -> np.ndarray:

@@ -17,6 +17,15 @@ import torch
 
 from ..exceptions import DemandkitError, InvalidDataError, SpecificationError
 
+
+class EstimationError(DemandkitError, RuntimeError):
+    """An error met during estimation with ``error_behavior='raise'`` (PyBLP's): an objective or gradient that is not
+    finite, an inversion for :math:`\\delta` that did not converge, or an optimizer that stopped without converging.
+
+    The message says which, and where. ``error_behavior='revert'`` (the default) or ``'punish'`` carries on instead.
+    """
+
+
 EXTREME_SCALE = 1e4
 """Columns with larger absolute values are named as the likely culprit when estimation breaks down numerically:
 random coefficients multiply X2 columns and demographics, so starting values of order one make utilities overflow,

@@ -33,8 +33,10 @@ from ..kernels.shares import LogitProbabilities
 from .buckets import BucketedMarkets, build_buckets
 from .demand import DemandModel
 from .economy import GMM_DTYPE
+from .finite_differences import central_differences
 from .micro import MicroMoments
 from .parameters import ParameterSpace
+from .solve_options import SolveOptions
 from .supply import SupplyModel
 
 
@@ -76,6 +78,7 @@ class Evaluation:
     evaluations: Tensor
     micro_values: np.ndarray | None = None  # [M_M] f_m(v) of the micro moments
     micro_parts: Tensor | None = None  # [P] the micro parts v_p
+    fp_failures: int = 0  # markets whose inversion did not converge, over every process
 
 
 class Structural(NamedTuple):
@@ -138,7 +141,10 @@ class GMMObjective:
         stats: EvaluationStats,
         costs_bounds: tuple[float, float],
         micro: MicroMoments | None = None,
+        options: SolveOptions | None = None,
     ) -> None:
+        self.options = options or SolveOptions()
+        model = model.with_contraction(self.options.fp_type, self.options.contraction_bounds)
         self.problem, self.model, self.space, self.iteration = problem, model, space, iteration
         self.supply = SupplyModel(problem, model) if problem.K3 else None
         self.observed_shares = torch.where(problem.product_mask, torch.exp(problem.log_market_shares), 0.0)
@@ -261,12 +267,21 @@ class GMMObjective:
         # a writable copy: scipy hands a read-only array when every bound is an equality, which torch warns about
         theta_values = self._agreed(np.array(theta_values, dtype=np.float64))
         theta = torch.as_tensor(theta_values.copy(), dtype=GMM_DTYPE, device=p.device)
-        theta.requires_grad_(gradient and theta.numel() > 0)
+        differenced = self.options.finite_differences
+        theta.requires_grad_(gradient and theta.numel() > 0 and not differenced)
+        if self.delta_behavior == "logit":
+            self.start = self._logit_start(theta_values)
         structural = self.structural(theta)
         eliminated, residuals, objective = self._objective(structural.y, structural.micro)
+        objective = objective if self.options.scale_objective else objective / p.N
         if theta.requires_grad:
-            (grad,) = torch.autograd.grad(objective, theta)
+            try:
+                (grad,) = torch.autograd.grad(objective, theta)
+            except torch.linalg.LinAlgError:  # a singular share Jacobian: a gradient that is not finite (PyBLP's)
+                grad = torch.full_like(theta, torch.nan)
             grad = self._total(grad)
+        elif gradient and theta.numel() > 0 and differenced:
+            grad = self._total(self._differenced_gradient(theta_values, structural))
         else:
             grad = torch.zeros_like(theta)
         result = structural.inversion.result
@@ -274,7 +289,8 @@ class GMMObjective:
         self.stats.fp_iterations += int(self._total(result.iterations.sum().double()))
         self.stats.contraction_evaluations += int(self._total(result.evaluations.sum().double()))
         failed = ~result.converged
-        if bool(self._total(failed.sum().double()) > 0):
+        failures = int(self._total(failed.sum().double()))
+        if failures > 0:
             self.stats.fp_failures += 1
             self.stats.last_unconverged_markets = torch.nonzero(failed).flatten().tolist()
         solved = torch.where(p.product_mask, result.values, 0.0)
@@ -302,7 +318,36 @@ class GMMObjective:
             result.evaluations,
             structural.micro_values,
             structural.micro_parts,
+            failures,
         )
+
+    def _logit_start(self, theta_values: np.ndarray) -> Tensor:
+        """The logit's (nested logit's at :math:`\\rho`) mean utilities, ``delta_behavior='logit'``'s start."""
+        theta = torch.as_tensor(theta_values, dtype=GMM_DTYPE, device=self.problem.device)
+        rho = self.space.unpack(theta)[2].to(self.problem.dtype)
+        return torch.where(self.problem.product_mask, self.model.closed_form_delta(rho), 0.0)
+
+    def _stacked(self, theta_values: np.ndarray) -> Tensor:
+        """The left-hand sides :math:`y` and the micro statistics at ``theta_values``, stacked, without autograd."""
+        if self.delta_behavior == "logit":
+            self.start = self._logit_start(theta_values)
+        with torch.no_grad():
+            theta = torch.as_tensor(theta_values, dtype=GMM_DTYPE, device=self.problem.device)
+            structural = self.structural(theta)
+        micro = [] if structural.micro is None else [structural.micro.to(GMM_DTYPE)]
+        return torch.cat([structural.y, *micro]).detach()
+
+    def _differenced_gradient(self, theta_values: np.ndarray, structural: Structural) -> Tensor:
+        """:math:`\\nabla q` from central differences of :meth:`_stacked` (PyBLP's ``finite_differences``), chained
+        with the exact derivative of :math:`q` in :math:`y` and the micro statistics (this process's part)."""
+        jacobian = central_differences(self._stacked, theta_values)
+        leaves = [structural.y.detach().requires_grad_(True)]
+        if structural.micro is not None:
+            leaves.append(structural.micro.detach().requires_grad_(True))
+        objective = self._objective(leaves[0], leaves[1] if len(leaves) > 1 else None)[2]
+        objective = objective if self.options.scale_objective else objective / self.problem.N
+        gradients = torch.autograd.grad(objective, leaves)
+        return jacobian.T @ torch.cat([g.to(GMM_DTYPE) for g in gradients])
 
     def _agreed(self, theta_values: np.ndarray) -> np.ndarray:
         """The parameters every process evaluates (a sharded objective's rank 0's); here, as given."""
@@ -335,15 +380,19 @@ class GMMObjective:
         return evaluation
 
     def __call__(self, theta_values: np.ndarray) -> tuple[float, np.ndarray]:
-        """Value and gradient for the optimizer; a non-finite value reverts to the last finite one."""
+        """Value and gradient for the optimizer. An objective or gradient that is not finite, or an inversion that
+        failed, is handled by ``error_behavior`` (:class:`~demandkit.blp.solve_options.SolveOptions`): by default
+        non-finite values revert to the last finite evaluation's."""
         evaluation = self.evaluate_or_recall(theta_values)
-        if not np.isfinite(evaluation.objective) or not np.isfinite(evaluation.gradient).all():
-            self.stats.reverted += 1
-            if self.last is None:
-                return 1e300, np.zeros_like(evaluation.gradient)
-            return self.last.objective, self.last.gradient
-        self.last = evaluation
-        return evaluation.objective, evaluation.gradient
+        finite = bool(np.isfinite(evaluation.objective) and np.isfinite(evaluation.gradient).all())
+        last = self.last
+        if finite:
+            self.last = evaluation
+            if not evaluation.fp_failures:
+                return evaluation.objective, evaluation.gradient
+        self.stats.reverted += 1
+        previous = None if last is None else (last.objective, last.gradient)
+        return self.options.after_error(evaluation, previous, self.problem)
 
     def moments_jacobian(self, evaluation: Evaluation) -> Tensor:
         """:math:`\\bar G = \\partial \\bar g/\\partial(\\theta, \\beta_c, \\gamma_c)`, ``[M, P + K_c]``.
@@ -361,6 +410,12 @@ class GMMObjective:
         if P == 0:
             return concentrated
         self.start = torch.where(p.product_mask, evaluation.delta, 0.0)
+        if self.options.finite_differences:  # PyBLP's: the Jacobian of y and the micro statistics by differences
+            jacobian = central_differences(self._stacked, evaluation.theta)
+            block = Z.T @ jacobian[: Z.shape[0]] / N
+            if self.micro is not None:
+                block = torch.cat([block, -jacobian[Z.shape[0] :]])
+            return torch.cat([block, concentrated], dim=1)
         theta = torch.as_tensor(evaluation.theta, dtype=GMM_DTYPE, device=p.device).clone().requires_grad_(True)
         structural = self.structural(theta)
         moments = self.moments(structural.y, structural.micro)

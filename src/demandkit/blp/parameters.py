@@ -14,7 +14,7 @@ bounded below by :math:`\\min(0, \\Sigma_{kk}^0)` and :math:`\\rho` lies in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,10 @@ class ParameterSpace:
     lower: np.ndarray
     upper: np.ndarray
     labels: list[str]
+    phi0: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # phi (see .extended_moments)
+    phi_index: tuple[np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    )
 
     @classmethod
     def for_problem(cls, problem: Any, sigma: Any, pi: Any, rho: Any, bounded: bool, **options: Any) -> ParameterSpace:
@@ -204,8 +208,8 @@ class ParameterSpace:
 
     @property
     def P_demand(self) -> int:
-        """Number of free elements of sigma, pi and rho (the rest of theta are beta and gamma elements)."""
-        return len(self.sigma_index[0]) + len(self.pi_index[0]) + len(self.rho_index)
+        """Number of free elements of sigma, pi, rho and phi (the rest of theta are beta and gamma elements)."""
+        return len(self.sigma_index[0]) + len(self.pi_index[0]) + len(self.rho_index) + len(self.phi_index[0])
 
     def pack(self, sigma: np.ndarray, pi: np.ndarray, rho: np.ndarray) -> np.ndarray:
         return np.concatenate(
@@ -213,6 +217,7 @@ class ParameterSpace:
                 sigma[self.sigma_index],
                 pi[self.pi_index],
                 np.asarray(rho).reshape(-1)[self.rho_index],
+                self.phi0[self.phi_index],
                 self.beta0[self.beta_index],
                 self.gamma0[self.gamma_index],
             ]
@@ -229,9 +234,18 @@ class ParameterSpace:
             tuple(torch.as_tensor(i, device=theta.device) for i in self.pi_index), theta[n_sigma : n_sigma + n_pi]
         )
         rho = torch.as_tensor(self.rho0, **kwargs).index_put(
-            (torch.as_tensor(self.rho_index, device=theta.device),), theta[n_sigma + n_pi : self.P_demand]
+            (torch.as_tensor(self.rho_index, device=theta.device),),
+            theta[n_sigma + n_pi : n_sigma + n_pi + len(self.rho_index)],
         )
         return sigma, pi, rho
+
+    def unpack_phi(self, theta: Tensor) -> Tensor:
+        """The autocorrelation matrix :math:`\\phi` (``phi0``'s shape) as a tensor that depends on ``theta``."""
+        kwargs = {"dtype": theta.dtype, "device": theta.device}
+        start = self.P_demand - len(self.phi_index[0])
+        return torch.as_tensor(self.phi0, **kwargs).index_put(
+            tuple(torch.as_tensor(i, device=theta.device) for i in self.phi_index), theta[start : self.P_demand]
+        )
 
     def unpack_linear(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``beta [K1]`` and ``gamma [K3]`` holding the elements in theta, zero where concentrated out."""

@@ -6,14 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from ..configurations.iteration import Iteration
+from ..configurations.micro import MicroMoment
+from ..configurations.optimization import Optimization
 from ..memory import reuse_freed_memory
 from .economy import Economy
 from .estimation import solve
 from .results import ProblemResults
+from .solve_options import DEFAULT_SHARES_BOUNDS
 from .starts import solve_from_starts
 
 
@@ -36,6 +40,9 @@ class Problem(Economy):
     rc_types : sequence of {'linear', 'log', 'logit'}, optional
         How each random coefficient enters: as is, exponentiated (lognormal) or through the logistic
         function. Default all ``'linear'``.
+    epsilon_scale : float
+        PyBLP's scale of the logit error, in PyBLP's position; only 1 (the default) is supported (an error says so
+        otherwise).
     add_exogenous : bool
         Add the exogenous X1 columns to the demand instruments (PyBLP's default).
     device : str
@@ -58,13 +65,49 @@ class Problem(Economy):
         sigma: Any = None,
         pi: Any = None,
         rho: Any = None,
+        phi: Any = None,
+        beta: Any = None,
+        gamma: Any = None,
+        sigma_bounds: Any = None,
+        pi_bounds: Any = None,
+        rho_bounds: Any = None,
+        phi_bounds: Any = None,
+        beta_bounds: Any = None,
+        gamma_bounds: Any = None,
+        delta: Any = None,
+        method: str = "2s",
+        initial_update: bool | None = None,
+        optimization: Optimization | None = None,
+        scale_objective: bool = True,
+        check_optimality: str = "both",
+        finite_differences: bool = False,
+        error_behavior: str = "revert",
+        error_punishment: float = 1,
+        delta_behavior: str = "first",
+        iteration: Iteration | None = None,
+        fp_type: str = "safe_linear",
+        shares_bounds: Any = DEFAULT_SHARES_BOUNDS,
+        costs_bounds: Any = None,
+        W: Any = None,
+        center_moments: bool = True,
+        W_type: str = "robust",
+        se_type: str = "robust",
+        demand_moment_types: Any = "levels",
+        supply_moment_types: Any = "levels",
+        covariance_moments_mean: float = 0,
+        micro_moments: Sequence[MicroMoment] = (),
+        micro_sample_covariances: Any = None,
+        resample_agent_data: Callable[[int], Any] | None = None,
         *,
+        progress: bool = False,
+        distributed: bool | None = None,
         starts: int | list[dict[str, Any]] | None = None,
         starts_options: Mapping[str, Any] | None = None,
         executor: Executor | None = None,
-        **kwargs: Any,
     ) -> ProblemResults:
-        """Estimate the model by GMM. See :func:`demandkit.blp.estimation.solve` for every other argument.
+        """Estimate the model by GMM, with PyBLP 1.3's arguments in PyBLP's order (a positional call means what it
+        means in PyBLP) and demandkit's own after them, keyword-only. See :func:`demandkit.blp.estimation.solve` for
+        every argument but the multi-start ones below.
 
         On the CPU, freed memory is kept for reuse while it runs (:func:`demandkit.memory.reuse_freed_memory`).
 
@@ -100,11 +143,11 @@ class Problem(Economy):
             either of those without ``starts``; and :func:`~demandkit.blp.estimation.solve`'s errors (raised by a
             multi-start estimation only if every start fails).
         """
+        # every argument of estimation.solve by name (the first statement, so the frame holds only the arguments)
+        arguments = {k: v for k, v in locals().items() if k not in {"self", "starts", "starts_options", "executor"}}
         if starts is not None or starts_options is not None or executor is not None:
-            return solve_from_starts(
-                self, starts, starts_options, executor, {"sigma": sigma, "pi": pi, "rho": rho, **kwargs}
-            )
+            return solve_from_starts(self, starts, starts_options, executor, arguments)
         with reuse_freed_memory():
-            results = solve(self, sigma=sigma, pi=pi, rho=rho, **kwargs)
+            results = solve(self, **arguments)
         results.starts = None
         return results

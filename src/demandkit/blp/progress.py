@@ -31,6 +31,7 @@ def parameter_labels(problem: Any, space: Any) -> tuple[list[str], list[str]]:
     theta_labels = [f"{X2[r]} x {X2[c]}" for r, c in zip(*space.sigma_index, strict=True)]
     theta_labels += [f"{X2[r]} x {D[c]}" for r, c in zip(*space.pi_index, strict=True)]
     theta_labels += [rho_labels[k] for k in space.rho_index]
+    theta_labels += [f"{('Xi', 'Omega')[r]} on {('Xi', 'Omega')[c]}" for r, c in zip(*space.phi_index, strict=True)]
     theta_labels += [problem.design.X1_labels[k] for k in space.beta_index]
     theta_labels += [problem.X3_labels[k] for k in space.gamma_index]
     return rho_labels, theta_labels
