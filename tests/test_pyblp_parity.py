@@ -455,55 +455,10 @@ KNOWN_GAPS = {
     },
     "ProblemResults methods": set(),
     "SimulationResults methods": set(),
-    "Problem.__init__ parameters": {
-        "epsilon_scale",  # the scale of the logit error is fixed at one
-    },
-    "Problem.solve parameters": {
-        "phi",  # autocorrelated unobservables (PyBLP's phi) are not modelled
-        "phi_bounds",
-        "scale_objective",  # the objective is always scaled by N, PyBLP's default
-        "finite_differences",  # gradients come from autograd
-        "error_behavior",  # a non-finite objective always reverts to the last finite one (PyBLP's default)
-        "error_punishment",
-        "fp_type",  # one fixed point: the contraction on delta in logs (stable without PyBLP's variants)
-        "shares_bounds",  # shares are computed in logs and never clipped
-        "demand_moment_types",  # only the level moments E[Z'xi] and E[Z'omega]
-        "supply_moment_types",
-        "covariance_moments_mean",  # no covariance moments between xi and omega
-    },
-    "ProblemResults attributes": {
-        "last_results",  # results of earlier steps are not kept
-        "parameter_sensitivity",
-        "sigma_squared_se",
-        "phi",
-        "phi_se",
-        "phi_labels",
-        "sigma_bounds",  # bounds are on theta (results._space.lower/upper), not as matrices
-        "pi_bounds",
-        "rho_bounds",
-        "phi_bounds",
-        "beta_bounds",
-        "gamma_bounds",
-        "xi_fe",
-        "omega_fe",
-        "micro_covariances",
-        "simulation_covariances",
-        "xi_by_theta_jacobian",  # Jacobians are taken by autograd where needed, not stored
-        "omega_by_theta_jacobian",
-        "micro_by_theta_jacobian",
-    },
-    "Problem attributes": {
-        "unique_market_ids",
-        "unique_firm_ids",
-        "unique_nesting_ids",
-        "unique_product_ids",
-        "unique_agent_ids",
-        "epsilon_scale",
-        "F",
-        "MC",  # no covariance moments
-        "ED",  # fixed effects are absorbed without counting them
-        "ES",
-    },
+    "Problem.__init__ parameters": set(),  # epsilon_scale is accepted in PyBLP's position, at 1 only
+    "Problem.solve parameters": set(),
+    "ProblemResults attributes": set(),
+    "Problem attributes": set(),
 }
 
 
@@ -569,3 +524,27 @@ def test_new_top_level_names_are_public():
     for name in ("build_integration", "build_matrix", "data_to_dict", "read_pickle", "save_pickle", "parallel"):
         assert name in dk.__all__ and callable(getattr(dk, name))
     assert "OptimizationProgress" in dk.__all__
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: dk.Problem.__init__, lambda: pyblp.Problem.__init__),
+        (lambda: dk.Simulation.__init__, lambda: pyblp.Simulation.__init__),
+        (lambda: dk.Problem.solve, lambda: pyblp.Problem.solve),
+    ],
+    ids=["Problem", "Simulation", "Problem.solve"],
+)
+def test_positional_order_is_pyblps(ours, theirs):
+    """A PyBLP call with positional arguments means the same here: PyBLP's parameters come first, in its order."""
+    expected = [name for name in inspect.signature(theirs()).parameters]
+    actual = [name for name in inspect.signature(ours()).parameters]
+    assert actual[: len(expected)] == expected
+
+
+def test_epsilon_scale_other_than_one_is_refused_by_name():
+    data = single_instrument_data("numbered")
+    problem = dk.Problem(dk.Formulation("1 + prices"), data, None, None, None, None, 1.0)
+    assert problem.epsilon_scale == 1.0
+    with pytest.raises(dk.exceptions.SpecificationError, match="epsilon_scale"):
+        dk.Problem(dk.Formulation("1 + prices"), data, epsilon_scale=0.5)

@@ -38,6 +38,18 @@ from ..layout.validation import (
     require_rows,
     warn_duplicate_products,
 )
+from .identifiers import ProblemIdentifiers
+
+
+def check_epsilon_scale(epsilon_scale: Any) -> float:
+    """PyBLP's ``epsilon_scale`` (in its position among the arguments): only 1, the logit's own scale."""
+    if isinstance(epsilon_scale, bool) or not isinstance(epsilon_scale, (int, float)) or epsilon_scale != 1:
+        raise SpecificationError(
+            f"epsilon_scale must be 1; received {epsilon_scale!r}. Scaling the logit error (PyBLP's approximation to "
+            "the pure characteristics model of Berry and Pakes 2007) is not supported."
+        )
+    return 1.0
+
 
 GMM_DTYPE = torch.float64
 """The precision of the row-level data (X1, Z_D, X3, Z_S) and of all GMM algebra on it: the weighting matrix, the
@@ -62,12 +74,13 @@ class Design:
     demographics_labels: list[str]
 
 
-class Economy:
+class Economy(ProblemIdentifiers):
     """The data of a BLP problem laid out once as padded ``[T, J, ...]`` tensors (PyBLP's ``Economy``).
 
     Everything a model needs (designs, instruments, agents, ownership, nests, fixed-effect codes) and nothing of
     estimation: :class:`~demandkit.blp.problem.Problem` adds ``solve``, and the kernels, the objective, the
-    results and the counterfactuals take an ``Economy``. The arguments are :class:`~demandkit.Problem`'s.
+    results and the counterfactuals take an ``Economy``. The arguments are :class:`~demandkit.Problem`'s. PyBLP's
+    ``unique_*_ids``, ``F``, ``MC``, ``ED`` and ``ES`` come from :class:`~demandkit.blp.identifiers.ProblemIdentifiers`.
     """
 
     def __init__(
@@ -78,6 +91,7 @@ class Economy:
         agent_data: Any = None,
         integration: Integration | None = None,
         rc_types: Sequence[str] | None = None,
+        epsilon_scale: float = 1.0,
         costs_type: str = "linear",
         add_exogenous: bool = True,
         device: str = "cpu",
@@ -85,6 +99,7 @@ class Economy:
         *,
         buckets: int | None = None,
     ) -> None:
+        self.epsilon_scale = check_epsilon_scale(epsilon_scale)
         if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1):
             raise SpecificationError(f"buckets must be None or a positive integer; received {buckets!r}.")
         self.buckets = buckets

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ..blp.demand import DemandModel
-from ..blp.economy import first_agent_rows
+from ..blp.economy import check_epsilon_scale, first_agent_rows
 from ..blp.equilibrium import PriceDemand, linear_in_prices, solve_equilibrium
 from ..blp.problem import Problem
 from ..blp.supply import SupplyModel
@@ -100,6 +100,8 @@ class Simulation:
     beta, sigma, pi, gamma, rho : array-like
         True parameters: :math:`\\beta` (``K1``), lower-triangular :math:`\\Sigma` (``K2 x K2``; the upper triangle
         is ignored), :math:`\\Pi` (``K2 x D``), :math:`\\gamma` (``K3``) and :math:`\\rho` (scalar or ``H``).
+    phi : None
+        PyBLP's AR(1) parameters of the unobservables, in PyBLP's position; not supported (an error says so).
     agent_formulation : Formulation, optional
         Demographics :math:`d`; missing variables are drawn from :math:`U(0, 1)`.
     agent_data : DataFrame or mapping, optional
@@ -112,6 +114,8 @@ class Simulation:
         supply side).
     rc_types : sequence of {'linear', 'log', 'logit'}, optional
         How each random coefficient enters utility.
+    epsilon_scale : float
+        PyBLP's scale of the logit error, in PyBLP's position; only 1 (the default).
     costs_type : {'linear', 'log'}
         Marginal costs :math:`c = X_3\\gamma + \\omega` or :math:`\\log c = X_3\\gamma + \\omega`.
     seed : int, optional
@@ -129,6 +133,7 @@ class Simulation:
         pi: Any = None,
         gamma: Any = None,
         rho: Any = None,
+        phi: Any = None,
         agent_formulation: Formulation | None = None,
         agent_data: Any = None,
         integration: Integration | None = None,
@@ -138,11 +143,18 @@ class Simulation:
         omega_variance: float = 1.0,
         correlation: float = 0.9,
         rc_types: Any = None,
+        epsilon_scale: float = 1.0,
         costs_type: str = "linear",
         seed: int | None = None,
         device: str = "cpu",
         dtype: torch.dtype = torch.float64,
     ) -> None:
+        if phi is not None:
+            raise SpecificationError(
+                "phi (AR(1) unobservables along lag_indices) is not supported in simulations; draw xi and omega "
+                "yourself and pass them as xi= and omega=."
+            )
+        self.epsilon_scale = check_epsilon_scale(epsilon_scale)
         formulations = (
             [product_formulations] if isinstance(product_formulations, Formulation) else list(product_formulations)
         )
