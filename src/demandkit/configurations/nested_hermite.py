@@ -111,7 +111,7 @@ def _interpolatory_weights(mp: Any, positive: list) -> list:
 @functools.cache
 def _chain() -> tuple[np.ndarray, ...]:
     """The positive nodes of the 1-, 3-, 9-, 19- and 35-node rules, high-precision roots rounded to float64."""
-    import mpmath  # a dependency of sympy, which torch requires
+    import mpmath  # declared in pyproject (and installed with torch, through sympy)
 
     with mpmath.workdps(_DIGITS):
         rules: list[list] = [[]]
