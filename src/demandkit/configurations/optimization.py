@@ -26,7 +26,9 @@ _SCIPY_NAMES = {
     "nelder-mead": "Nelder-Mead",
     "powell": "Powell",
 }
-_BOUNDED = {"l-bfgs-b", "slsqp", "tnc", "trust-constr", "nelder-mead", "powell", "knitro"}
+# methods that take bounds; 'return' too, as in PyBLP: the bounds still define the reported bounds and the
+# projected gradient at the starting values
+_BOUNDED = {"return", "l-bfgs-b", "slsqp", "tnc", "trust-constr", "nelder-mead", "powell", "knitro"}
 _GRADIENT = {"l-bfgs-b", "bfgs", "slsqp", "tnc", "trust-constr", "cg", "newton-cg", "knitro"}
 _GTOL = {"l-bfgs-b", "bfgs", "tnc", "trust-constr", "cg"}
 # Knitro options that differ from Knitro's own defaults, as PyBLP documents them
