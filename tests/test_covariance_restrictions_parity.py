@@ -179,6 +179,11 @@ def test_ar1_innovations_estimates() -> None:
     actual, expected = solve_both("ar1", sigma=SIGMA, beta=BETA, **AR1)
     for name in ("theta", "beta", "gamma", "phi", "phi_se", "sigma_se", "beta_se", "gamma_se"):
         assert_close(getattr(actual, name), getattr(expected, name), name, rtol=1e-6)
+    summary = str(actual)  # phi has its own table, each estimated element labelled and with its SE
+    assert "Phi Estimates" in summary
+    rows, columns = np.nonzero(actual.phi)
+    labels = actual.phi_labels
+    assert all(f"{labels[r]} on {labels[c]}" in summary for r, c in zip(rows, columns, strict=True))
 
 
 @pytest.mark.parametrize(

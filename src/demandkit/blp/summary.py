@@ -139,6 +139,20 @@ def format_results(results: Any) -> str:
                 ],
             )
         )
+    phi = getattr(results, "phi", None)
+    if phi is not None and phi.size:  # AR(1) unobservables: PyBLP's phi, rows and columns labelled Xi, Omega
+        rows, columns = np.nonzero(np.isfinite(results.phi_se))
+        labels = [f"{results.phi_labels[r]} on {results.phi_labels[c]}" for r, c in zip(rows, columns, strict=True)]
+        parts.append(
+            _table(
+                f"Phi Estimates ({se_name} SEs in Parentheses):",
+                labels,
+                [
+                    [_number(phi[r, c]) for r, c in zip(rows, columns, strict=True)],
+                    [f"({_number(results.phi_se[r, c])})" for r, c in zip(rows, columns, strict=True)],
+                ],
+            )
+        )
     if results.micro_moments:
         parts.append(_micro_table(results))
     if len(results.first_stage):
