@@ -27,6 +27,7 @@ LAYERS = {
     "persistence": 0.5,
     "distributed": 0.5,
     "multistart": 0.5,
+    "settings": 0.5,
     "configurations": 1,
     "data": 1,
     "layout": 1,

@@ -440,8 +440,6 @@ KNOWN_GAPS = {
         # PyBLP's problem classes behind results methods; demandkit returns results that have to_problem()
         "ImportanceSamplingProblem",
         "OptimalInstrumentProblem",
-        # global settings (verbose output, precision, ...); demandkit takes progress=, dtype= and device= arguments
-        "options",
         # PyBLP's internal subpackages; demandkit's modules are organized differently (blp, kernels, ...)
         "economies",
         "markets",

@@ -18,6 +18,7 @@ from .integrated import IntegratedProblem, IntegratedResults
 from .integrated.simulation import IntegratedSimulation
 from .interfaces.utilities import build_integration, build_matrix, data_to_dict, parallel, read_pickle, save_pickle
 from .mixed_logit import MixedLogit, MixedLogitResults
+from .settings import options
 from .simulation.simulation import Simulation, SimulationResults
 
 __version__ = "0.1.0"
@@ -60,4 +61,5 @@ __all__ = [
     "PanelMicroDataset",
     "Simulation",
     "SimulationResults",
+    "options",
 ]

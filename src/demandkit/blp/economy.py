@@ -38,6 +38,7 @@ from ..layout.validation import (
     require_rows,
     warn_duplicate_products,
 )
+from ..settings import as_torch_dtype, options
 from .identifiers import ProblemIdentifiers
 
 
@@ -95,7 +96,7 @@ class Economy(ProblemIdentifiers):
         costs_type: str = "linear",
         add_exogenous: bool = True,
         device: str = "cpu",
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = None,
         *,
         buckets: int | None = None,
     ) -> None:
@@ -117,7 +118,7 @@ class Economy(ProblemIdentifiers):
         self.costs_type = costs_type
         self.add_exogenous = add_exogenous
         self.device = resolve_device(device)
-        self.dtype = dtype
+        self.dtype = options.dtype if dtype is None else as_torch_dtype(dtype)
         self.products = as_frame(product_data, "product_data")
         require_rows(self.products, "product_data")
         self._build_products()

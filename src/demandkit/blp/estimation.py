@@ -27,6 +27,7 @@ from ..configurations.options import CovarianceType, GMMMethod, Optimality, chec
 from ..distributed import current_shard
 from ..exceptions import ConvergenceWarning, SpecificationError
 from ..kernels.gmm import invert, parameter_covariances
+from ..settings import options as settings
 from .contraction import clipped_shares
 from .demand import DemandModel
 from .extended_moments import ExtendedMoments, with_phi
@@ -106,7 +107,7 @@ def solve(
     micro_sample_covariances: Any = None,
     resample_agent_data: Callable[[int], Any] | None = None,
     *,
-    progress: bool = False,
+    progress: bool | None = None,
     distributed: bool | None = None,
 ) -> Any:
     """Estimate the problem by one- or two-step GMM, with PyBLP's arguments (in PyBLP's order) and defaults.
@@ -165,8 +166,8 @@ def solve(
         At the estimates, ``'both'`` (PyBLP's default) also computes the Hessian of the objective, by central
         differences of the analytic gradient (``2P`` evaluations), for the second-order conditions: the
         results' ``hessian``, ``reduced_hessian`` and ``reduced_hessian_eigenvalues``. ``'gradient'`` skips it.
-    progress : bool
-        Show a progress bar over optimizer evaluations.
+    progress : bool, optional
+        Show a progress bar over optimizer evaluations; by default ``demandkit.options.verbose`` (False unless set).
     micro_moments : sequence of MicroMoment, optional
         Micro moments (:mod:`demandkit.configurations.micro`) stacked after the aggregate moments:
         :math:`\bar g_M = f(\bar v) - f(v(\theta))`, with covariance :math:`S_M = F S_P F'` (:mod:`.micro`) in
@@ -282,7 +283,8 @@ def solve(
     for step in range(1, (2 if method == "2s" else 1) + 1):
         stats = EvaluationStats()
         objective = objective_for(W_current, start, stats)
-        optimized = optimization.minimize(_with_progress(objective, progress, step), theta, space.bounds())
+        shown = settings.verbose if progress is None else bool(progress)
+        optimized = optimization.minimize(_with_progress(objective, shown, step), theta, space.bounds())
         evaluation = objective.complete(objective.evaluate_or_recall(optimized.x))
         if not (np.isfinite(evaluation.objective) and np.isfinite(evaluation.gradient).all()):
             raise numerical_failure(

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..settings import options
+
 EPSILON = float(np.sqrt(np.finfo(np.float64).eps))
 """The step of the central differences (PyBLP's default ``finite_differences_epsilon``)."""
 
 
 def central_differences(
-    function: Callable[[np.ndarray], Tensor], theta: np.ndarray, epsilon: float = EPSILON
+    function: Callable[[np.ndarray], Tensor], theta: np.ndarray, epsilon: float | None = None
 ) -> Tensor:
     """The Jacobian ``[n, P]`` of ``function`` (``theta`` to an ``[n]`` tensor) at ``theta`` by central differences.
 
@@ -37,14 +39,16 @@ def central_differences(
         ``function(theta) -> Tensor``, ``[n]``.
     theta : ndarray
         ``P`` parameters.
-    epsilon : float
-        The whole step: each element moves by :math:`\\pm\\epsilon/2`.
+    epsilon : float, optional
+        The whole step: each element moves by :math:`\\pm\\epsilon/2`; by default
+        ``demandkit.options.finite_differences_epsilon`` (:data:`EPSILON` unless changed).
 
     Returns
     -------
     Tensor
         ``[n, P]``; ``[n, 0]`` cannot be formed without an evaluation, so ``P`` must be positive.
     """
+    epsilon = options.finite_differences_epsilon if epsilon is None else epsilon
     theta = np.asarray(theta, dtype=np.float64)
     columns = []
     for p in range(theta.size):  # a loop over parameters: 2P evaluations, each over every market

@@ -99,7 +99,7 @@ class Problem(Economy):
         micro_sample_covariances: Any = None,
         resample_agent_data: Callable[[int], Any] | None = None,
         *,
-        progress: bool = False,
+        progress: bool | None = None,
         distributed: bool | None = None,
         starts: int | list[dict[str, Any]] | None = None,
         starts_options: Mapping[str, Any] | None = None,

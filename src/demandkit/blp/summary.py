@@ -6,9 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from ..settings import options
+
 
 def _number(x: float) -> str:
-    return "NaN" if not np.isfinite(x) else f"{x:+.4E}"
+    """``x`` with ``demandkit.options.digits`` significant digits (5 by default)."""
+    return "NaN" if not np.isfinite(x) else f"{x:+.{options.digits - 1}E}"
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
