@@ -23,7 +23,7 @@ conditions :math:`s + (O \\odot D')(p - c) = 0` are evaluated at the solution an
 Deviations from PyBLP: a simulation without a supply side draws :math:`\\xi` with variance ``xi_variance``
 when it is not given (PyBLP requires it); costs that depend on shares are held at their initial values
 (``constant_costs=True``); the price iteration stops on the change in prices (PyBLP weights the change by
-:math:`|\\Lambda|`); lagged unobservables (``phi``), ``epsilon_scale``, agent-specific availability and
+:math:`|\\Lambda|`); ``epsilon_scale``, agent-specific availability and
 profit Hessians are not implemented.
 
 Why this module is long: it is one class, PyBLP's ``Simulation``, whose drawing of the data (in PyBLP's order
@@ -46,6 +46,7 @@ from torch import Tensor
 from ..blp.demand import DemandModel
 from ..blp.economy import check_epsilon_scale, first_agent_rows
 from ..blp.equilibrium import PriceDemand, linear_in_prices, solve_equilibrium
+from ..blp.extended_moments import lag_indices
 from ..blp.problem import Problem
 from ..blp.supply import SupplyModel
 from ..configurations.formulation import Formulation
@@ -100,8 +101,14 @@ class Simulation:
     beta, sigma, pi, gamma, rho : array-like
         True parameters: :math:`\\beta` (``K1``), lower-triangular :math:`\\Sigma` (``K2 x K2``; the upper triangle
         is ignored), :math:`\\Pi` (``K2 x D``), :math:`\\gamma` (``K3``) and :math:`\\rho` (scalar or ``H``).
-    phi : None
-        PyBLP's AR(1) parameters of the unobservables, in PyBLP's position; not supported (an error says so).
+    phi : float or array-like, optional
+        AR(1) parameters of the unobservables: a scalar :math:`\\phi_\\xi` without a supply side, otherwise
+        ``[[phi_xi, phi_xi_omega], [phi_omega_xi, phi_omega]]``. When neither ``xi`` nor ``omega`` is given, the
+        bivariate normal draws are the innovations of
+        :math:`\\xi_{jt} = \\phi_\\xi L\\xi_{jt} + \\phi_{\\xi\\omega} L\\omega_{jt} + \\tilde\\xi_{jt}` and
+        :math:`\\omega_{jt} = \\phi_\\omega L\\omega_{jt} + \\phi_{\\omega\\xi} L\\xi_{jt} + \\tilde\\omega_{jt}`,
+        with the lag operator :math:`L` of ``product_data``'s ``lag_indices`` (a row's own index marks a first
+        period, drawn from the stationary distribution). Ignored for drawing when ``xi`` or ``omega`` is given.
     agent_formulation : Formulation, optional
         Demographics :math:`d`; missing variables are drawn from :math:`U(0, 1)`.
     agent_data : DataFrame or mapping, optional
@@ -147,13 +154,8 @@ class Simulation:
         costs_type: str = "linear",
         seed: int | None = None,
         device: str = "cpu",
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        if phi is not None:
-            raise SpecificationError(
-                "phi (AR(1) unobservables along lag_indices) is not supported in simulations; draw xi and omega "
-                "yourself and pass them as xi= and omega=."
-            )
         self.epsilon_scale = check_epsilon_scale(epsilon_scale)
         formulations = (
             [product_formulations] if isinstance(product_formulations, Formulation) else list(product_formulations)
@@ -193,7 +195,7 @@ class Simulation:
         self.T, self.N, self.K1, self.K2, self.K3, self.D, self.H = p.T, p.N, p.K1, p.K2, p.K3, p.D, p.H
         self.rc_types = p.rc_types
         self._parameters(beta, sigma, pi, gamma, rho)
-        self._errors(state, xi, omega, xi_variance, omega_variance, correlation)
+        self._errors(state, xi, omega, xi_variance, omega_variance, correlation, phi)
 
     # ------------------------------------------------------------------ data
     def _products(self, frame: pd.DataFrame, state: np.random.RandomState) -> pd.DataFrame:
@@ -263,8 +265,17 @@ class Simulation:
             self.rho = np.zeros((0, 1))
 
     def _errors(
-        self, state: np.random.RandomState, xi: Any, omega: Any, xi_variance: float, omega_variance: float, rho: float
+        self,
+        state: np.random.RandomState,
+        xi: Any,
+        omega: Any,
+        xi_variance: float,
+        omega_variance: float,
+        rho: float,
+        phi: Any,
     ) -> None:
+        size = 2 if self.K3 else 1
+        self.phi = None if phi is None else _matrix("phi", phi, (size, size))
         self.xi = None if xi is None else _vector("xi", xi, self.N, required=True).reshape(-1, 1)
         self.omega = None if omega is None else _vector("omega", omega, self.N, required=True).reshape(-1, 1)
         if self.xi is None and self.omega is None:
@@ -277,13 +288,53 @@ class Simulation:
                 covariance = rho * np.sqrt(xi_variance * omega_variance)
                 matrix = np.array([[xi_variance, covariance], [covariance, omega_variance]])
                 draws = state.multivariate_normal([0, 0], matrix, self.N, check_valid="ignore")
-                self.xi, self.omega = draws[:, [0]].copy(), draws[:, [1]].copy()
             else:
-                self.xi = state.normal(0, np.sqrt(xi_variance), (self.N, 1))
+                matrix = np.array([[xi_variance]])
+                draws = state.normal(0, np.sqrt(xi_variance), (self.N, 1))
+            if self.phi is not None:
+                draws = self._autoregress(draws, matrix)
+            self.xi = draws[:, [0]].copy()
+            self.omega = draws[:, [1]].copy() if self.K3 else None
         if self.xi is None:
             raise SpecificationError("xi must be given when omega is given.")
         if self.K3 and self.omega is None:
             raise SpecificationError("omega must be given with a supply side (X3) when xi is given.")
+
+    def _autoregress(self, innovations: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+        """PyBLP's AR(1) unobservables :math:`u_{jt} = \\phi L u_{jt} + \\tilde u_{jt}` along ``lag_indices``, with
+        :math:`u = (\\xi, \\omega)`; first periods are the innovations rescaled by :math:`C_s C^{-1}` (Cholesky
+        factors of the stationary and innovation covariances) so that they follow the stationary distribution."""
+        lags = lag_indices(self.problem)
+        if lags is None:
+            raise SpecificationError("phi was given, but product_data has no lag_indices to define the lag operator.")
+        phi = self.phi
+        if np.abs(np.linalg.eigvals(phi)).max() >= 1:
+            raise SpecificationError(f"phi must be stable, with spectral radius less than 1; received {phi.tolist()}.")
+        if not phi.any():
+            return innovations
+        size = phi.shape[0]
+        vector = np.linalg.solve(np.eye(size * size) - np.kron(phi, phi), covariance.reshape(-1))
+        stationary = vector.reshape(size, size)
+        try:
+            scale = np.linalg.cholesky(stationary) @ np.linalg.inv(np.linalg.cholesky(covariance))
+        except np.linalg.LinAlgError as exception:
+            raise SpecificationError("phi needs a positive definite innovation covariance (|correlation| < 1).") from (
+                exception
+            )
+        rows = np.arange(self.N)
+        depth = np.where(lags == rows, 0, -1)
+        level = 0
+        while (depth == level).any():
+            depth[(depth < 0) & (depth[lags] == level)] = level + 1
+            level += 1
+        if (depth < 0).any():
+            raise InvalidDataError("lag_indices in product_data must not form cycles; each chain needs a first period.")
+        values = innovations.copy()
+        values[depth == 0] = innovations[depth == 0] @ scale.T
+        for current in range(1, level):
+            selected = depth == current
+            values[selected] = values[lags[selected]] @ phi.T + innovations[selected]
+        return values
 
     # ----------------------------------------------------------------- model
     def _tensor(self, values: np.ndarray) -> Tensor:
