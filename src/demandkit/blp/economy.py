@@ -172,8 +172,8 @@ class Economy(ProblemIdentifiers):
             Z_raw = np.column_stack([Z_raw, X1_raw[:, exogenous]])
             Z_labels += [X1_labels[k] for k in exogenous]
         absorb_ids = X1_formulation.build_ids(frame)
-        X1 = absorb(X1_raw, absorb_ids, X1_formulation.absorb_method)
-        ZD = absorb(Z_raw, absorb_ids, X1_formulation.absorb_method)
+        X1 = absorb(X1_raw, absorb_ids, X1_formulation.absorb_method, X1_formulation.absorb_options)
+        ZD = absorb(Z_raw, absorb_ids, X1_formulation.absorb_method, X1_formulation.absorb_options)
         check_full_rank(X1, X1_labels, "X1")
         check_full_rank(ZD, Z_labels, "The demand instruments")
         self.nesting_ids = frame["nesting_ids"].to_numpy() if "nesting_ids" in frame.columns else None
@@ -220,8 +220,10 @@ class Economy(ProblemIdentifiers):
                 self.ZS_labels += [self.X3_labels[k] for k in exogenous]
             self.supply_absorb_ids = X3_formulation.build_ids(frame)
             self.X3_raw = X3_raw
-            self.X3 = absorb(X3_raw, self.supply_absorb_ids, X3_formulation.absorb_method)
-            self.ZS = absorb(ZS, self.supply_absorb_ids, X3_formulation.absorb_method)
+            self.X3 = absorb(
+                X3_raw, self.supply_absorb_ids, X3_formulation.absorb_method, X3_formulation.absorb_options
+            )
+            self.ZS = absorb(ZS, self.supply_absorb_ids, X3_formulation.absorb_method, X3_formulation.absorb_options)
             check_full_rank(self.X3, self.X3_labels, "X3")
             check_full_rank(self.ZS, self.ZS_labels, "The supply instruments")
             self.K3 = self.X3.shape[1]

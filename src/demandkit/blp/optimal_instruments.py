@@ -196,7 +196,12 @@ def _fitted_prices(problem: Any) -> np.ndarray:
     """Fitted values of prices regressed on the (absorbed) demand instruments, plus the absorbed part."""
     prices = problem.products["prices"].to_numpy(dtype=np.float64)
     design = problem.design
-    absorbed = absorb(prices[:, None], design.absorb_ids, problem.product_formulations[0].absorb_method)[:, 0]
+    absorbed = absorb(
+        prices[:, None],
+        design.absorb_ids,
+        problem.product_formulations[0].absorb_method,
+        problem.product_formulations[0].absorb_options,
+    )[:, 0]
     ZD = design.ZD
     covariances = ZD.T @ ZD
     try:

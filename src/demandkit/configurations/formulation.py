@@ -34,9 +34,12 @@ class Formulation:
         says ``0 +``.
     absorb : str, optional
         Fixed effects to absorb instead of estimating them, e.g. ``'C(product_ids)'`` or
-        ``'C(product_ids) + C(city_ids)'``. Only for the linear part X1 (and X3).
+        ``'C(product_ids) + C(city_ids)'``; ``'C(firm_ids):C(market_ids)'`` absorbs one fixed effect for each
+        combination of the two (as PyBLP). Only for the linear part X1 (and X3).
     absorb_method : str, optional
         Passed to ``pyhdfe.create`` (``'within'`` for one fixed effect, ``'map'`` for several by default).
+    absorb_options : dict, optional
+        Passed to ``pyhdfe.create`` as its ``options`` (PyBLP's): e.g. ``{'tol': 1e-12}`` or a MAP acceleration.
 
     Examples
     --------
@@ -61,6 +64,7 @@ class Formulation:
     formula: str
     absorb: str | None = None
     absorb_method: str | None = None
+    absorb_options: dict | None = None
     absorb_names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -70,15 +74,18 @@ class Formulation:
         if self.absorb is not None:
             terms = [t.strip() for t in self.absorb.split("+") if t.strip()]
             parsed = []
-            for term in terms:
-                match = _ABSORB_TERM.match(term)
-                if match is None:
+            for term in terms:  # one fixed effect per term; 'C(a):C(b)' is one for each pair of values
+                matches = [_ABSORB_TERM.match(part.strip()) for part in term.split(":")]
+                if any(match is None for match in matches):
                     raise SpecificationError(
-                        f"absorb terms must look like 'C(name)'; received {term!r} in absorb={self.absorb!r}."
+                        f"absorb terms must look like 'C(name)' or 'C(name):C(other)'; received {term!r} in "
+                        f"absorb={self.absorb!r}."
                     )
-                parsed.append(match.group("name") or match.group("bare"))
+                parsed.append(":".join(match.group("name") or match.group("bare") for match in matches))
             names = tuple(parsed)
         object.__setattr__(self, "absorb_names", names)
+        if self.absorb_options is not None and not isinstance(self.absorb_options, dict):
+            raise SpecificationError(f"absorb_options must be a dict; received {self.absorb_options!r}.")
 
     def __str__(self) -> str:
         text = self.formula
@@ -144,10 +151,11 @@ class Formulation:
         """Integer codes ``N x E`` of the fixed effects to absorb, or None."""
         if not self.absorb_names:
             return None
-        missing = [n for n in self.absorb_names if n not in data.columns]
+        columns = [name.split(":") for name in self.absorb_names]
+        missing = [n for names in columns for n in names if n not in data.columns]
         if missing:
             raise InvalidDataError(f"absorb={self.absorb!r} names {missing}, which are not columns of the data.")
-        codes = [pd.factorize(data[name], sort=True)[0] for name in self.absorb_names]
+        codes = [data.groupby(names, sort=True, dropna=False).ngroup().to_numpy() for names in columns]
         return np.column_stack(codes).astype(np.int64)
 
     def derivative_matrix(self, data: pd.DataFrame, name: str) -> np.ndarray:
@@ -220,12 +228,17 @@ def _reject_text(data: pd.DataFrame, names: set[str], formula: str) -> None:
             )
 
 
-def absorb(matrix: np.ndarray, ids: np.ndarray | None, method: str | None = None) -> np.ndarray:
-    """Residualize the columns of ``matrix`` on the fixed effects ``ids`` with pyhdfe."""
+def absorb(
+    matrix: np.ndarray, ids: np.ndarray | None, method: str | None = None, options: dict | None = None
+) -> np.ndarray:
+    """Residualize the columns of ``matrix`` on the fixed effects ``ids`` with pyhdfe (``method`` and ``options``:
+    the formulation's ``absorb_method`` and ``absorb_options``)."""
     if ids is None or matrix.size == 0:
         return matrix
     import pyhdfe
 
-    options = {} if method is None else {"residualize_method": method}
-    algorithm = pyhdfe.create(ids, drop_singletons=False, **options)
+    arguments = {} if method is None else {"residualize_method": method}
+    if options:
+        arguments["options"] = dict(options)
+    algorithm = pyhdfe.create(ids, drop_singletons=False, **arguments)
     return algorithm.residualize(matrix)

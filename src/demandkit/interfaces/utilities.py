@@ -69,7 +69,7 @@ def build_matrix(formulation: Formulation, data: Any) -> np.ndarray:
     """
     frame = as_frame(data, "data")
     matrix, _ = formulation.build_matrix(frame)
-    return absorb(matrix, formulation.build_ids(frame), formulation.absorb_method)
+    return absorb(matrix, formulation.build_ids(frame), formulation.absorb_method, formulation.absorb_options)
 
 
 def data_to_dict(data: Any, ignore_empty: bool = True) -> dict[str, np.ndarray]:
