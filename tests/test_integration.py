@@ -93,6 +93,22 @@ def test_monte_carlo_reproduces_pyblp_bit_for_bit(pyblp):
 
 
 @pytest.mark.pyblp
+@pytest.mark.parametrize("specification", ["lhs", "mlhs"])
+def test_latin_hypercubes_reproduce_pyblp_bit_for_bit(pyblp, specification):
+    """Seeded Latin hypercube draws equal PyBLP's, for one market and for several (one stream, market after market),
+    so that published PyBLP results with these draws can be reproduced."""
+    ids = np.array([4, 7, 9])
+    for size, dimensions, seed in ((6, 3, 11), (50, 2, 0)):
+        ours = Integration(specification, size, {"seed": seed}).build_many(dimensions, ids)
+        theirs = pyblp.Integration(specification, size, {"seed": seed})._build_many(dimensions, ids)
+        for mine, expected in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(np.asarray(mine).reshape(np.shape(expected)), expected)
+        np.testing.assert_array_equal(
+            Integration(specification, size, {"seed": seed}).build(dimensions)[0],
+            pyblp.Integration(specification, size, {"seed": seed})._build(dimensions)[0],
+        )
+
+
 def test_unscrambled_halton_build_many_matches_pyblp(pyblp):
     # PyBLP gives market t points discard + t * size, ..., discard + (t + 1) * size - 1 of one sequence
     options = {"discard": 17, "scramble": False}

@@ -73,7 +73,7 @@ class Integration:
           :class:`scipy.stats.qmc.Halton`, whose first ``discard`` points are skipped; digit-permutation
           scrambled by default.
         - ``'sobol'``: the Sobol sequence from :class:`scipy.stats.qmc.Sobol`, Owen-scrambled by default.
-        - ``'lhs'``: Latin hypercube sampling, :math:`u_{id} = (\\pi_d(i) + U_{id}) / I` with an independent
+        - ``'lhs'``: Latin hypercube sampling, :math:`u_{id} = (\\pi_d(i) + U_{\\pi_d(i)d}) / I` with an independent
           random permutation :math:`\\pi_d` of :math:`0, \\dots, I - 1` for each dimension :math:`d` and
           :math:`U_{id} \\sim U[0, 1)`: one point in each of the :math:`I` strata of every dimension.
         - ``'mlhs'``: modified Latin hypercube sampling (Hess, Train and Polak 2006): as ``'lhs'`` but with a
@@ -107,10 +107,10 @@ class Integration:
     specification_options : dict, optional
         ``seed`` (int or None, every rule but the quadratures): seeds the generator. ``None`` (the default,
         as in PyBLP) seeds from fresh operating-system entropy, so draws differ from call to call.
-        ``'monte_carlo'`` uses ``numpy.random.RandomState(seed)``; the other rules use
-        ``numpy.random.default_rng(seed)``. ``discard`` (int, ``'halton'`` and ``'sobol'``): how many
-        leading points of the sequence to skip; 1000 for ``'halton'`` as in PyBLP (it removes the
-        correlation between the first points of different bases), 0 for ``'sobol'``. ``scramble`` (bool,
+        ``'monte_carlo'``, ``'lhs'`` and ``'mlhs'`` use ``numpy.random.RandomState(seed)`` (PyBLP's draws);
+        ``'halton'`` and ``'sobol'`` use ``numpy.random.default_rng(seed)``. ``discard`` (int, ``'halton'``
+        and ``'sobol'``): how many leading points of the sequence to skip; 1000 for ``'halton'`` as in PyBLP (it
+        removes the correlation between the first points of different bases), 0 for ``'sobol'``. ``scramble`` (bool,
         ``'halton'`` and ``'sobol'``, default True): whether to randomize the sequence. Unscrambled
         sequences start at the origin, whose normal quantile is infinite, so they need ``discard >= 1``.
 
@@ -123,8 +123,9 @@ class Integration:
     ``discard + (t + 1) * size - 1`` as PyBLP does for Halton draws. (PyBLP also re-scrambles the digits for
     each market; here one scrambled sequence is split, which keeps the pooled draws low-discrepancy.)
     ``'lhs'`` and ``'mlhs'`` give every market its own hypercube of ``size`` points, as PyBLP does. With
-    ``'monte_carlo'`` the draws equal PyBLP's bit for bit. In every case the first market's nodes equal
-    :meth:`build`'s, and all draws are generated at once rather than market by market.
+    ``'monte_carlo'``, ``'lhs'`` and ``'mlhs'`` the draws equal PyBLP's bit for bit for the same seed (one
+    ``RandomState`` stream, market after market). In every case the first market's nodes equal :meth:`build`'s;
+    the quasi-random and normal draws are generated at once rather than market by market.
 
     Examples
     --------
@@ -274,12 +275,31 @@ class Integration:
                     engine.fast_forward(self.options["discard"])
                 uniforms = engine.random(count) if count else np.empty((0, dimensions))
         else:
-            # each market's random numbers are contiguous in the stream, so market 0 reproduces build()
-            shift_rows = self.size if self.specification == "lhs" else 1
-            draws = generator.random((markets, self.size + shift_rows, dimensions))
-            strata = np.argsort(draws[:, : self.size], axis=1)  # a random permutation per market and dimension
-            uniforms = ((strata + draws[:, self.size :]) / self.size).reshape(count, dimensions)
+            uniforms = _latin_hypercubes(self.specification, self.size, dimensions, markets, seed)
         return norm.ppf(uniforms), weights
+
+
+def _latin_hypercubes(specification: str, size: int, dimensions: int, markets: int, seed: Any) -> np.ndarray:
+    """PyBLP's Latin hypercube (``'lhs'``) and modified Latin hypercube (``'mlhs'``) uniforms for ``markets``
+    consecutive markets, ``[markets * size, dimensions]``, from one ``numpy.random.RandomState(seed)`` stream.
+
+    For each market and dimension in turn, ``'lhs'`` draws ``size`` uniforms :math:`U_i` and a permutation
+    :math:`\\pi` and takes :math:`u_i = (\\pi(i) + U_{\\pi(i)})/I`; ``'mlhs'`` draws one uniform shift :math:`U` and a
+    permutation and takes :math:`u_i = (\\pi(i) + U)/I`. The order of the draws in the stream makes the nodes equal
+    to PyBLP's for the same seed (found by comparing the two, ``tests/test_integration.py``). The stream is
+    sequential, so this set-up step loops over markets and dimensions (``RandomState`` calls, no array work).
+    """
+    state = np.random.RandomState(seed)
+    uniforms = np.empty((markets, size, dimensions))
+    strata = np.arange(size)
+    for t in range(markets):  # set-up only: the stream's order is PyBLP's, market after market
+        for k in range(dimensions):
+            if specification == "lhs":
+                uniforms[t, :, k] = ((strata + state.uniform(size=size)) / size)[state.permutation(size)]
+            else:
+                shift = state.uniform()
+                uniforms[t, :, k] = (state.permutation(size) + shift) / size
+    return uniforms.reshape(markets * size, dimensions)
 
 
 def _check_dimensions(dimensions: Any) -> int:
