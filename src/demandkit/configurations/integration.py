@@ -69,9 +69,9 @@ class Integration:
 
         - ``'monte_carlo'``: i.i.d. standard normal draws from ``numpy.random.RandomState(seed).normal``,
           the generator PyBLP uses, so a seeded configuration reproduces PyBLP's draws exactly.
-        - ``'halton'``: the Halton sequence (one prime base per dimension) from
-          :class:`scipy.stats.qmc.Halton`, whose first ``discard`` points are skipped; digit-permutation
-          scrambled by default.
+        - ``'halton'``: the Halton sequence (one prime base per dimension), whose first ``discard`` points are
+          skipped; scrambled by default with a random permutation of each digit position (Owen 2017), PyBLP's
+          draws for the same seed.
         - ``'sobol'``: the Sobol sequence from :class:`scipy.stats.qmc.Sobol`, Owen-scrambled by default.
         - ``'lhs'``: Latin hypercube sampling, :math:`u_{id} = (\\pi_d(i) + U_{\\pi_d(i)d}) / I` with an independent
           random permutation :math:`\\pi_d` of :math:`0, \\dots, I - 1` for each dimension :math:`d` and
@@ -107,8 +107,8 @@ class Integration:
     specification_options : dict, optional
         ``seed`` (int or None, every rule but the quadratures): seeds the generator. ``None`` (the default,
         as in PyBLP) seeds from fresh operating-system entropy, so draws differ from call to call.
-        ``'monte_carlo'``, ``'lhs'`` and ``'mlhs'`` use ``numpy.random.RandomState(seed)`` (PyBLP's draws);
-        ``'halton'`` and ``'sobol'`` use ``numpy.random.default_rng(seed)``. ``discard`` (int, ``'halton'``
+        ``'monte_carlo'``, ``'halton'``, ``'lhs'`` and ``'mlhs'`` use ``numpy.random.RandomState(seed)``
+        (PyBLP's draws); ``'sobol'`` uses ``numpy.random.default_rng(seed)``. ``discard`` (int, ``'halton'``
         and ``'sobol'``): how many leading points of the sequence to skip; 1000 for ``'halton'`` as in PyBLP (it
         removes the correlation between the first points of different bases), 0 for ``'sobol'``. ``scramble`` (bool,
         ``'halton'`` and ``'sobol'``, default True): whether to randomize the sequence. Unscrambled
@@ -120,12 +120,12 @@ class Integration:
     random rules draw every market from a single generator seeded once, market after market, so market
     :math:`t` gets its own draws: for ``'halton'`` and ``'sobol'`` the markets take consecutive blocks of
     one long sequence, market :math:`t` (from 0) using points ``discard + t * size`` to
-    ``discard + (t + 1) * size - 1`` as PyBLP does for Halton draws. (PyBLP also re-scrambles the digits for
-    each market; here one scrambled sequence is split, which keeps the pooled draws low-discrepancy.)
-    ``'lhs'`` and ``'mlhs'`` give every market its own hypercube of ``size`` points, as PyBLP does. With
-    ``'monte_carlo'``, ``'lhs'`` and ``'mlhs'`` the draws equal PyBLP's bit for bit for the same seed (one
-    ``RandomState`` stream, market after market). In every case the first market's nodes equal :meth:`build`'s;
-    the quasi-random and normal draws are generated at once rather than market by market.
+    ``discard + (t + 1) * size - 1`` as PyBLP does for Halton draws; scrambled Halton digits are permuted anew for
+    each market, as PyBLP does (``build_many(..., rescramble=False)`` splits one scrambled sequence instead, for
+    the mixed logit's individuals and the integrated model's households). ``'lhs'`` and ``'mlhs'`` give every
+    market its own hypercube of ``size`` points, as PyBLP does. With ``'monte_carlo'``, ``'halton'``, ``'lhs'``
+    and ``'mlhs'`` the draws equal PyBLP's bit for bit for the same seed (one ``RandomState`` stream, market after
+    market). In every case the first market's nodes equal :meth:`build`'s.
 
     Examples
     --------
@@ -223,7 +223,9 @@ class Integration:
         nodes, weights = self._build_markets(_check_dimensions(dimensions), 1)
         return nodes, weights
 
-    def build_many(self, dimensions: int, market_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def build_many(
+        self, dimensions: int, market_ids: np.ndarray, *, rescramble: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Build the nodes and weights for several markets at once.
 
         Parameters
@@ -232,6 +234,11 @@ class Integration:
             The number :math:`D` of random coefficients integrated over.
         market_ids : ndarray
             The :math:`T` distinct market identifiers, in the order the agents should follow.
+        rescramble : bool
+            Scrambled ``'halton'`` only: True (the default) permutes the digits anew for each market, as PyBLP; False
+            splits one scrambled sequence into consecutive blocks (:class:`scipy.stats.qmc.Halton`), so that the
+            draws of a block do not depend on where a batch of blocks starts (the mixed logit's and the integrated
+            model's individuals and households, drawn in chunks) and the cost does not grow with the blocks.
 
         Returns
         -------
@@ -250,10 +257,10 @@ class Integration:
         market_ids = np.asarray(market_ids)
         if market_ids.ndim != 1:
             raise ValueError(f"Integration market_ids must be one-dimensional; received shape {market_ids.shape}.")
-        nodes, weights = self._build_markets(dimensions, market_ids.size)
+        nodes, weights = self._build_markets(dimensions, market_ids.size, rescramble)
         return np.repeat(market_ids, weights.size // max(market_ids.size, 1)), nodes, weights
 
-    def _build_markets(self, dimensions: int, markets: int) -> tuple[np.ndarray, np.ndarray]:
+    def _build_markets(self, dimensions: int, markets: int, rescramble: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Stack the nodes and weights of ``markets`` consecutive markets."""
         if self.specification in _QUADRATURES:
             rule = _product_rule if self.specification.endswith("product") else _sparse_grid
@@ -264,6 +271,9 @@ class Integration:
         seed = self.options["seed"]
         if self.specification == "monte_carlo":
             return np.random.RandomState(seed).normal(size=(count, dimensions)), weights
+        if self.specification == "halton" and (rescramble or not self.options["scramble"]):
+            uniforms = _halton(self.size, dimensions, markets, self.options["discard"], self.options["scramble"], seed)
+            return norm.ppf(uniforms), weights
         generator = np.random.default_rng(seed)
         if self.specification in ("halton", "sobol"):
             engine_type = qmc.Halton if self.specification == "halton" else qmc.Sobol
@@ -277,6 +287,58 @@ class Integration:
         else:
             uniforms = _latin_hypercubes(self.specification, self.size, dimensions, markets, seed)
         return norm.ppf(uniforms), weights
+
+
+def _primes(count: int) -> list[int]:
+    """The first ``count`` primes."""
+    primes: list[int] = []
+    candidate = 2
+    while len(primes) < count:
+        if all(candidate % prime for prime in primes):
+            primes.append(candidate)
+        candidate += 1
+    return primes
+
+
+def _halton_digits(base: int) -> int:
+    """:math:`D`, the digit positions of a Halton coordinate in ``base``: the :math:`j \\ge 1` with
+    :math:`b^j < 2^{54}`, so that the last digit's weight :math:`b^{-D}` is still above :math:`2^{-54}` (half the
+    spacing of doubles near one half). PyBLP draws one permutation per position, so :math:`D` also sets how far the
+    random stream advances for each dimension (found by comparing the two)."""
+    digits = 0
+    while base ** (digits + 1) < 2**54:
+        digits += 1
+    return digits
+
+
+def _halton(size: int, dimensions: int, markets: int, discard: int, scramble: bool, seed: Any) -> np.ndarray:
+    """PyBLP's Halton uniforms for ``markets`` consecutive markets, ``[markets * size, dimensions]``.
+
+    Market :math:`t` takes the points :math:`n = \\text{discard} + t I, \\dots, \\text{discard} + (t + 1) I - 1` of the
+    sequence; dimension :math:`k` is the radical inverse of :math:`n` in the :math:`k`-th prime base :math:`b`,
+    :math:`u = \\sum_{j=0}^{D-1} \\pi_j(a_j) b^{-j-1}` with :math:`n = \\sum_j a_j b^j` and
+    :math:`D` digits (:func:`_halton_digits`). Scrambled (Owen 2017), each digit
+    position has its own random permutation :math:`\\pi_j` of :math:`0, \\dots, b - 1`, drawn anew for every market
+    and dimension from one ``numpy.random.RandomState(seed)`` stream in that order, which makes the nodes PyBLP's for
+    the same seed (found by comparing the two, ``tests/test_integration.py``); unscrambled, :math:`\\pi_j` is the
+    identity. The digits are computed for all of a market's points at once; the permutations are drawn market by
+    market (set-up only: the stream is sequential).
+    """
+    state = np.random.RandomState(seed) if scramble else None
+    uniforms = np.empty((markets, size, dimensions))
+    for t in range(markets):  # set-up only: the stream's order is PyBLP's, market after market
+        points = np.arange(discard + t * size, discard + (t + 1) * size, dtype=np.int64)
+        for k, base in enumerate(_primes(dimensions)):
+            digits = _halton_digits(base)
+            identity = np.arange(base)
+            permutations = [state.permutation(base) if state is not None else identity for _ in range(digits)]
+            remaining, value, scale = points.copy(), np.zeros(size), 1.0
+            for permutation in permutations:  # a loop over digit positions
+                scale /= base
+                value += permutation[remaining % base] * scale
+                remaining //= base
+            uniforms[t, :, k] = value
+    return uniforms.reshape(markets * size, dimensions)
 
 
 def _latin_hypercubes(specification: str, size: int, dimensions: int, markets: int, seed: Any) -> np.ndarray:

@@ -138,7 +138,7 @@ class IntegratedProblem:
         H = self.situations.household_ids.size
         if not self.dimensions:
             return np.zeros((H, 1, 0)), np.ones(1)
-        _, nodes, weights = self.integration.build_many(self.dimensions, np.arange(H))
+        _, nodes, weights = self.integration.build_many(self.dimensions, np.arange(H), rescramble=False)
         R = weights.size // max(H, 1)
         return nodes.reshape(H, R, self.dimensions), weights[:R]
 

@@ -79,7 +79,7 @@ class DrawSource:
             return np.broadcast_to(nodes.T[None], (n, D, R)).copy()
         if specification in _SEQUENCES:
             engine = self._integration(discard=self.integration.options["discard"] + start * R)
-            nodes = engine.build_many(D, np.arange(n))[1]
+            nodes = engine.build_many(D, np.arange(n), rescramble=False)[1]  # one sequence, split by individual
             return nodes.reshape(n, R, D).transpose(0, 2, 1).copy()
         out = np.empty((n, D, R))
         for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
