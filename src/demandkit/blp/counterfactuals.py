@@ -114,7 +114,7 @@ class SupplyPostEstimation:
         mu = None
         if coefficients is not None:
             X2 = model.X2 + p.dX2_padded * change.unsqueeze(-1)
-            mu = torch.einsum("tjk,tik->tji", X2, coefficients)
+            mu = model.heterogeneity(coefficients, X2)
         nested_rho = rho if model.nesting is not None else None
         probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
         derivatives = (p.dX1_padded @ beta).unsqueeze(-1)

@@ -70,6 +70,7 @@ class DemandModel:
         if self.K2:
             self.nodes = p.nodes_padded
             self.demographics = p.demographics_padded
+            self.log_availability = getattr(p, "availability_padded", None)  # [T, J, I] log a_ijt (.availability)
             self.weights = p.agent_weights
             # log-space sums need positive weights; sparse grids have negative ones, summed directly instead
             self.signed_weights = bool((p.agent_weights[p.agent_mask] <= 0).any())
@@ -77,7 +78,7 @@ class DemandModel:
                 p.agent_mask, torch.log(torch.where(p.agent_mask, p.agent_weights.abs(), 1.0)), MASKED
             )
         else:
-            self.nodes = self.demographics = None
+            self.nodes = self.demographics = self.log_availability = None
             T = self.mask.shape[0]
             self.weights = torch.ones((T, 1), dtype=p.dtype, device=p.device)
             self.log_weights = torch.zeros((T, 1), dtype=p.dtype, device=p.device)
@@ -120,12 +121,15 @@ class DemandModel:
             return None
         return random_coefficients(self.nodes_for(sigma), self.demographics, sigma, pi, self.rc_types)
 
-    def heterogeneity(self, coefficients: Tensor) -> Tensor:
-        return heterogeneity(self.X2, coefficients)
+    def heterogeneity(self, coefficients: Tensor, X2: Tensor | None = None) -> Tensor:
+        """:math:`\\mu_{ijt}`, ``[T, J, I]``, from the problem's X2 (or ``X2`` at changed prices or characteristics),
+        plus :math:`\\log a_{ijt}` with agent-specific availability (:mod:`.availability`)."""
+        mu = heterogeneity(self.X2 if X2 is None else X2, coefficients)
+        return mu if self.log_availability is None else mu + self.log_availability
 
     def mu(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
         coefficients = self.coefficients(sigma, pi)
-        return None if coefficients is None else heterogeneity(self.X2, coefficients)
+        return None if coefficients is None else self.heterogeneity(coefficients)
 
     def probabilities(self, delta: Tensor, mu: Tensor | None, rho: Tensor) -> Probabilities:
         nested_rho = rho if self.nesting is not None else None

@@ -39,6 +39,7 @@ from ..layout.validation import (
     warn_duplicate_products,
 )
 from ..settings import as_torch_dtype, options
+from .availability import log_availability
 from .identifiers import ProblemIdentifiers
 
 
@@ -265,6 +266,8 @@ class Economy(ProblemIdentifiers):
         if self.K2 == 0:
             self.agents = None
             self.agent_layout = None
+            if agent_data is not None and numbered_columns(as_frame(agent_data, "agent_data"), "availability"):
+                raise SpecificationError("Agent-specific availability needs random coefficients (an X2 formulation).")
             self.nodes = np.zeros((len(markets), 0))
             self.weights = np.ones(len(markets))
             self.demographics = None
@@ -301,6 +304,9 @@ class Economy(ProblemIdentifiers):
         if self.integration is None:  # quadrature rules (sparse grids) may carry negative weights by design
             check_weights(weights, agent_markets)
         self.agent_layout = Layout.build(agent_markets, markets)
+        self.log_availability = log_availability(
+            frame, self.agent_layout, self.layout.mask.shape[1], self.integration, self.K2
+        )
         self.agent_market_ids = agent_markets
         self.nodes = nodes
         self.weights = weights
@@ -353,6 +359,8 @@ class Economy(ProblemIdentifiers):
             self.demographics_padded = (
                 self._tensor(agent.pad(self.demographics)) if self.demographics is not None else None
             )
+            availability = getattr(self, "log_availability", None)
+            self.availability_padded = None if availability is None else self._tensor(availability)
         self.prices_padded = (
             self._tensor(layout.pad(self.products["prices"].to_numpy(dtype=np.float64)))
             if "prices" in self.products.columns

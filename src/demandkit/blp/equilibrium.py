@@ -58,7 +58,7 @@ class PriceDemand:
             if self.coefficients is not None:
                 X2 = p.padded(p.product_formulations[1].build_matrix(frame)[0])
                 dX2 = p.padded(p.product_formulations[1].derivative_matrix(frame, "prices"))
-        mu = None if X2 is None else torch.einsum("tjk,tik->tji", X2, self.coefficients)
+        mu = None if X2 is None else model.heterogeneity(self.coefficients, X2)
         nested_rho = self.rho if model.nesting is not None else None
         probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
         derivatives = (dX1 @ self.beta).unsqueeze(-1)

@@ -485,6 +485,11 @@ class _Scores:
         self.results, self.survey = results, survey
         self.problem, self.model, space = results.problem, results.model, results._space
         p = self.problem
+        if getattr(p, "availability_padded", None) is not None:
+            raise SpecificationError(
+                "Micro scores integrate over each observation's own draws, which carry no availability columns: "
+                "they are not supported with agent-specific availability."
+            )
         theta = torch.as_tensor(results.theta, dtype=p.dtype, device=p.device)
         self.P = theta.numel()
         self.point = space.unpack(theta)

@@ -73,7 +73,7 @@ class DemandPostEstimation(DemandDerivatives):
             if p.K2:
                 X2 = p.padded(p.product_formulations[1].build_matrix(frame)[0])
         delta = estimated if delta is None else delta
-        mu = None if coefficients is None else torch.einsum("tjk,tik->tji", X2, coefficients)
+        mu = None if coefficients is None else model.heterogeneity(coefficients, X2)
         return delta, mu, rho, coefficients
 
     def _utility_derivatives(

@@ -50,6 +50,7 @@ MARKET_TENSORS = (
     "agent_weights",
     "nodes_padded",
     "demographics_padded",
+    "availability_padded",
     "prices_padded",
     "dX1_padded",
     "dX2_padded",
