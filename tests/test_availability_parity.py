@@ -91,3 +91,23 @@ def test_availability_inputs_are_checked():
         dk.Problem(formulations, products, None, agents.assign(availability3=-1.0))
     with pytest.raises(SpecificationError, match="random coefficients"):
         dk.Problem(formulations[0], products, None, agents)
+
+
+def test_problem_agents_are_pyblps_records():
+    """``problem.agents``: PyBLP's record array (market ids, agent ids, weights, nodes, demographics, availability),
+    field for field."""
+    products, agents = data()
+    problems = []
+    for library in (pyblp, dk):
+        formulations = (library.Formulation("0 + prices", absorb="C(product_ids)"), library.Formulation("1 + prices"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problems.append(library.Problem(formulations, products, library.Formulation("0 + income"), agents))
+    expected, actual = (problem.agents for problem in problems)
+    assert actual.dtype.names == expected.dtype.names
+    for name in expected.dtype.names:
+        assert actual[name].shape == expected[name].shape, name
+        if expected[name].dtype == object:
+            np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+        else:
+            close(actual[name], expected[name], name, rtol=1e-14)

@@ -39,7 +39,7 @@ from ..layout.validation import (
     warn_duplicate_products,
 )
 from ..settings import as_torch_dtype, options
-from .availability import log_availability
+from .availability import agent_records, log_availability
 from .identifiers import ProblemIdentifiers
 
 
@@ -312,6 +312,16 @@ class Economy(ProblemIdentifiers):
         self.weights = weights
         self.demographics = demographics
         self.design.demographics_labels.extend(D_labels)
+        given = frame if self.integration is None else None  # agents read from agent_data, row for row
+        availability = numbered_columns(given, "availability", "agent_data") if given is not None else []
+        self.agents = agent_records(  # PyBLP's Problem.agents
+            agent_markets,
+            given["agent_ids"].to_numpy() if given is not None and "agent_ids" in given.columns else None,
+            weights,
+            nodes,
+            demographics,
+            given[availability[: self.layout.mask.shape[1]]].to_numpy(np.float64) if availability else None,
+        )
 
     # --------------------------------------------------------------- tensors
     def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
