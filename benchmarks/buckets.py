@@ -37,17 +37,12 @@ from pathlib import Path
 import _harness
 import numpy as np
 import pandas as pd
-
-SIGMA0 = np.diag([0.5, 0.3, 0.4])
-PI0 = np.array([[0.0], [0.2], [0.0]])
-FORMULATIONS = ("1 + prices + x", "1 + prices + x", "1 + w + x")
+from scale import FORMULATIONS, PI0, SIGMA0, write_data
 
 
 def simulate(folder: Path, markets: int, products: int, agents: int, seed: int = 0) -> None:
     """Scanner-like data in ``folder``: market sizes uniform on 5..``products``, shares from a Dirichlet with half of
     each market inside."""
-    import demandkit as dk
-    from demandkit.construction.instruments import build_differentiation_instruments
 
     rng = np.random.default_rng(seed)
     sizes = rng.integers(5, products + 1, size=markets)
@@ -65,21 +60,7 @@ def simulate(folder: Path, markets: int, products: int, agents: int, seed: int =
             "shares": shares,
         }
     )
-    rows = np.repeat(np.arange(markets), agents)
-    agent_data = pd.DataFrame(
-        {
-            "market_ids": rows,
-            "weights": 1 / agents,
-            **{f"nodes{k}": rng.normal(size=rows.size) for k in range(3)},
-            "income": rng.normal(size=rows.size),
-        }
-    )
-    differences = build_differentiation_instruments(dk.Formulation("0 + x + w"), frame, "quadratic", interact=True)
-    for k in range(differences.shape[1]):
-        frame[f"demand_instruments{k}"] = differences[:, k]
-        frame[f"supply_instruments{k}"] = differences[:, k]
-    frame.to_csv(folder / "products.csv", index=False)
-    agent_data.to_csv(folder / "agents.csv", index=False)
+    write_data(folder, frame, markets, agents, rng)
 
 
 def worker(design: str, folder: str, buckets: int | None) -> dict:

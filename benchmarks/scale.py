@@ -51,8 +51,7 @@ def simulate(folder: Path, markets: int, products: int, agents: int, seed: int =
     """Data of the design written to ``folder`` (products.csv, agents.csv): characteristics, prices and shares drawn
     directly (shares from a Dirichlet with half the market inside), not an equilibrium. Only the computation is
     timed, and solving the equilibrium of a problem this size would take longer than the benchmark itself."""
-    import demandkit as dk
-    from demandkit.construction.instruments import build_differentiation_instruments, build_id_data
+    from demandkit.construction.instruments import build_id_data
 
     rng = np.random.default_rng(seed)
     ids = build_id_data(markets, products, max(2, products // 5))
@@ -68,6 +67,15 @@ def simulate(folder: Path, markets: int, products: int, agents: int, seed: int =
             "shares": shares,
         }
     )
+    write_data(folder, frame, markets, agents, rng)
+
+
+def write_data(folder: Path, frame: pd.DataFrame, markets: int, agents: int, rng: np.random.Generator) -> None:
+    """Write ``frame`` with quadratic differentiation instruments of ``(x, w)`` (demand and supply) and ``agents``
+    standard normal agents per market with an income demographic to ``folder`` (products.csv, agents.csv)."""
+    import demandkit as dk
+    from demandkit.construction.instruments import build_differentiation_instruments
+
     rows = np.repeat(np.arange(markets), agents)
     agent_data = pd.DataFrame(
         {
