@@ -266,8 +266,10 @@ class DemandModel:
                     solver = iterate_simple if method == "simple" else iterate_squarem
                     # inference mode skips autograd's bookkeeping on each of the loop's many small operations
                     # (about a tenth of their fixed cost on the CPU); its tensors are cloned back out below
+                    # every contraction above holds padded slots at zero
+                    padding = {} if method == "simple" else {"keeps_padding": True}
                     with torch.inference_mode():
-                        result = solver(contraction, start, self.mask, options)
+                        result = solver(contraction, start, self.mask, options, **padding)
                     result = FixedPointResult(*(getattr(result, f.name).clone() for f in dataclasses.fields(result)))
 
             result = result if back is None else back(result)

@@ -11,6 +11,7 @@ one batched linear solve per market in the backward pass; iterations are never u
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def iterate_simple(
 
 
 def iterate_squarem(
-    contraction: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict
+    contraction: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict, *, keeps_padding: bool = False
 ) -> FixedPointResult:
     """SQUAREM (Varadhan and Roland 2008) with per-market step lengths.
 
@@ -133,14 +134,18 @@ def iterate_squarem(
     :math:`G(x_0 + 2\\alpha r + \\alpha^2 v)`. ``step_max`` grows by ``step_factor`` whenever it binds (and a
     negative ``step_min`` whenever it binds). Each market is frozen at the first evaluation whose change meets
     the tolerance; its counts are those at that evaluation (three evaluations to an iteration). Padded slots
-    are held at zero, so the cycle's sums and norms need no further masking. The cycle is written with few
-    tensor operations: on the CPU their fixed cost, not their arithmetic, is most of an inversion.
+    are held at zero, so the cycle's sums and norms need no further masking; ``keeps_padding`` says that
+    ``contraction`` already returns zeros there (no mask is applied to its output).
+
+    The cycle is written with few tensor operations: on the CPU their fixed cost, not their arithmetic, is most
+    of an inversion. A frozen market's tolerance is set to -1, which no norm meets, so one comparison tests the
+    tolerance of the markets still iterating, and the frozen values are written only when a market freezes.
     """
     T = x0.shape[0]
     device = x0.device
-    zero = torch.zeros_like(x0)
-    x = torch.where(mask, x0, zero)
-    done = torch.zeros(T, dtype=torch.bool, device=device)
+    x = torch.where(mask, x0, 0.0)
+    atol, rtol = float(options["atol"]), float(options["rtol"])
+    tolerance = torch.full((T,), atol, dtype=x0.dtype, device=device)  # -1 once a market is frozen
     frozen_at = torch.zeros(T, dtype=torch.int64, device=device)  # the evaluation at which each market froze
     step_min = torch.full((T, 1), float(options["step_min"]), dtype=x0.dtype, device=device)
     step_max = torch.full((T, 1), float(options["step_max"]), dtype=x0.dtype, device=device)
@@ -148,38 +153,51 @@ def iterate_squarem(
     factor = float(options["step_factor"])
     scheme = options["scheme"]
     budget = int(options["max_evaluations"])
-    norm_mask = mask if callable(options["norm"]) else None  # a user's norm sees only real products
-    calls = 0
+    norm = options["norm"]
+    norm_mask = mask if callable(norm) else None  # a user's norm sees only real products
+    calls = frozen = 0
 
     def G(value: Tensor) -> Tensor:
         nonlocal calls
         calls += 1
-        return torch.where(mask, contraction(value), zero)
+        return contraction(value) if keeps_padding else torch.where(mask, contraction(value), 0.0)
 
-    def settle(candidate: Tensor, change: Tensor, previous: Tensor) -> bool:
-        """Freeze markets whose ``change`` from ``previous`` meets the tolerance; whether to stop."""
-        nonlocal x, done, frozen_at
-        newly = _close(change, previous, options, norm_mask).logical_and_(~done)
-        x = torch.where(newly.unsqueeze(-1), candidate, x)
-        frozen_at = torch.where(newly, calls, frozen_at)
-        done = done | newly
-        return bool(done.all()) or calls >= budget
+    def newly_met(change: Tensor, previous: Tensor) -> Tensor:
+        """Markets still iterating whose ``change`` from ``previous`` meets ``atol + rtol * ||previous||`` (a NaN
+        or an infinity never does)."""
+        bound = tolerance
+        if rtol != 0:
+            bound = (atol + rtol * market_norm(previous, norm, norm_mask)).masked_fill_(tolerance < 0, -1.0)
+        return market_norm(change, norm, norm_mask) <= bound
+
+    def freeze(newly: Tensor, candidate: Tensor | None) -> bool:
+        """Freeze the ``newly`` converged markets at ``candidate`` (None: ``x`` holds it already); whether every
+        market is frozen."""
+        nonlocal x, frozen
+        if not bool(newly.any()):
+            return False
+        if candidate is not None:
+            x = torch.where(newly.unsqueeze(-1), candidate, x)
+        frozen_at.masked_fill_(newly, calls)
+        tolerance.masked_fill_(newly, -1.0)
+        frozen += int(newly.sum())
+        return frozen == T
 
     while True:
         x_start = x
         x1 = G(x_start)
         r = x1 - x_start
-        if settle(x1, r, x_start):
+        if freeze(newly_met(r, x_start), x1) or calls >= budget:
             break
         x2 = G(x1)
         change = x2 - x1
-        if settle(x2, change, x1):
+        if freeze(newly_met(change, x1), x2) or calls >= budget:
             break
         v = change - r
         if scheme == 1:
-            alpha = (r * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True)
+            alpha = torch.linalg.vecdot(r, v).unsqueeze(-1) / torch.linalg.vecdot(v, v).unsqueeze(-1)
         elif scheme == 2:
-            alpha = (r * r).sum(-1, keepdim=True) / (r * v).sum(-1, keepdim=True)
+            alpha = torch.linalg.vecdot(r, r).unsqueeze(-1) / torch.linalg.vecdot(r, v).unsqueeze(-1)
         else:
             alpha = torch.linalg.vector_norm(r, dim=-1, keepdim=True) / torch.linalg.vector_norm(
                 v, dim=-1, keepdim=True
@@ -190,17 +208,17 @@ def iterate_squarem(
         step_max = torch.where(alpha == step_max, step_max * factor, step_max)
         if negative_min:
             step_min = torch.where((alpha == step_min) & (step_min < 0), step_min * factor, step_min)
-        finite = torch.isfinite(x3).all(-1, keepdim=True)
-        candidate = torch.where(finite, x3, x2)
-        previous = torch.where(finite, accelerated, x1)
-        newly = _close(candidate - previous, previous, options, norm_mask).logical_and_(~done)
-        x = torch.where(done.unsqueeze(-1), x, candidate)
-        frozen_at = torch.where(newly, calls, frozen_at)
-        done = done | newly
-        if bool(done.all()) or calls >= budget:
+        if math.isfinite(x3.sum().item()):  # a finite sum has no NaN or infinity in it (the cheap test)
+            candidate, previous = x3, accelerated
+        else:  # a market whose extrapolation failed keeps the plain step
+            finite = torch.isfinite(x3).all(-1, keepdim=True)
+            candidate, previous = torch.where(finite, x3, x2), torch.where(finite, accelerated, x1)
+        newly = newly_met(candidate - previous, previous)
+        x = torch.where((tolerance < 0).unsqueeze(-1), x, candidate)  # markets still iterating move on
+        if freeze(newly, None) or calls >= budget:
             break
-    evaluations = torch.where(done, frozen_at, calls)
-    return FixedPointResult(x, done, evaluations // 3, evaluations)
+    evaluations = torch.where(tolerance < 0, frozen_at, calls)
+    return FixedPointResult(x, tolerance < 0, evaluations // 3, evaluations)
 
 
 def iterate_newton(step: Callable[[Tensor], Tensor], x0: Tensor, mask: Tensor, options: dict) -> FixedPointResult:
