@@ -142,7 +142,7 @@ def _solve_at(problem, theta):
 
 def test_bucketed_micro_moments_equal_one_batch():
     whole, bucketed = _problems()
-    markets = np.unique(whole.products["market_ids"])[:6]
+    markets = np.unique(whole.product_frame["market_ids"])[:6]
     survey = dk.MicroDataset("survey", 500, lambda t, p, a: np.ones((a.size, 1 + p.size)), market_ids=markets)
     inside = dk.MicroPart("inside", survey, lambda t, p, a: np.outer(np.ones(a.size), np.r_[0, np.ones(p.size)]))
     income_x = dk.MicroPart("income x", survey, lambda t, p, a: np.outer(a.demographics[:, 0], np.r_[0, p.X2[:, 0]]))

@@ -148,7 +148,7 @@ def test_errors_name_the_culprit() -> None:
     problem = noiseless_problem(0.2)
     with pytest.raises(SpecificationError, match="sigma"):
         frac.estimate(problem, sigma=np.ones((2, 2)))
-    products = problem.products.drop(columns=["demand_instruments1"])
+    products = problem.product_frame.drop(columns=["demand_instruments1"])
     agents = pd.DataFrame({"market_ids": np.repeat(np.arange(60), 2), "weights": 0.5, "nodes0": np.tile([-1, 1], 60)})
     few = dk.Problem([dk.Formulation("1 + prices + x"), dk.Formulation("0 + x")], products, agent_data=agents)
     with pytest.raises(SpecificationError, match="instruments"):
@@ -158,7 +158,7 @@ def test_errors_name_the_culprit() -> None:
         frac.estimate(logit)
     nested = dk.Problem(
         [dk.Formulation("1 + prices + x"), dk.Formulation("0 + x")],
-        problem.products.assign(nesting_ids=np.arange(360) % 2),
+        problem.product_frame.assign(nesting_ids=np.arange(360) % 2),
         agent_data=agents,
     )
     with pytest.raises(SpecificationError, match="nested"):

@@ -199,7 +199,7 @@ def test_jacobian_matches_finite_differences() -> None:
     """The forward-mode implicit Jacobian of xi equals central finite differences of the Berry inversion at the
     realization's shares (xi = 0 at the data's prices)."""
     results = solve("demand", dk)
-    prices = results.problem.products["prices"].to_numpy()
+    prices = results.problem.product_frame["prices"].to_numpy()
     optimal = compute_optimal_instruments(results, expected_prices=prices)
     frame, agents = problem_data("demand")
     realized = dk.Problem(

@@ -79,7 +79,7 @@ def _labels(texts):
 @pytest.mark.parametrize("kind", ["elasticities", "diversion"])
 def test_heat_map_draws_the_market_block(logit, kind, tmp_path):
     fig = _saves(lambda path: plots.plot_elasticities(logit, 3, kind=kind, path=path), tmp_path)
-    layout, products = logit.problem.layout, logit.problem.products
+    layout, products = logit.problem.layout, logit.problem.product_frame
     rows = np.flatnonzero(products.market_ids.to_numpy() == 3)
     rows = rows[np.argsort(layout.slot_of_row[rows])]
     matrix = logit.compute_elasticities() if kind == "elasticities" else logit.compute_diversion_ratios()
@@ -160,7 +160,7 @@ def test_merger_without_product_ids_draws_rows():
 
 
 def test_merger_of_a_solved_problem(logit, tmp_path):
-    firm_ids = logit.problem.products.firm_ids.replace(2, 1).to_numpy()
+    firm_ids = logit.problem.product_frame.firm_ids.replace(2, 1).to_numpy()
     merger = logit.compute_merger(firm_ids)
     ax = _saves(lambda path: plots.plot_merger(merger, path=path, top=3), tmp_path).axes[0]
     means = merger.products.groupby("product_ids").price_change_percent.mean()

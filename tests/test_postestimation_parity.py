@@ -197,7 +197,7 @@ def test_profit_hessians(design):
     pyblp_results, dk_results = solved(design)
     market_id = BLP_MARKETS[1] if design == "blp" else MARKET
     rows = rows_of(design, market_id)
-    prices = 1.05 * dk_results.problem.products["prices"].to_numpy()
+    prices = 1.05 * dk_results.problem.product_frame["prices"].to_numpy()
     costs = 0.9 * dk_results.compute_costs()[:, 0]
     for scope, p, c in (({}, prices, costs), ({"market_id": market_id}, prices[rows], costs[rows])):
         expected = quiet(pyblp_results.compute_profit_hessians, prices=p, costs=c, **scope)
@@ -231,7 +231,7 @@ def test_shares_and_probabilities_at_given_delta(design):
     pyblp_results, dk_results = solved(design)
     rows = rows_of(design, MARKET)
     delta = pyblp_results.delta[:, 0] + 0.1 * np.sin(np.arange(rows.size))
-    prices = 1.1 * dk_results.problem.products["prices"].to_numpy()
+    prices = 1.1 * dk_results.problem.product_frame["prices"].to_numpy()
     for method in ("compute_shares", "compute_probabilities"):
         for arguments in ({"delta": delta}, {"delta": delta, "prices": prices}):
             expected = quiet(getattr(pyblp_results, method), **arguments)
@@ -291,7 +291,7 @@ def test_consumer_surpluses(design):
     if design != "blp":  # the BLP data have no product_ids
         compare(design, "compute_consumer_surpluses", eliminate_product_ids=ids)
     pyblp_results, dk_results = solved(design)
-    prices = 1.1 * dk_results.problem.products["prices"].to_numpy()
+    prices = 1.1 * dk_results.problem.product_frame["prices"].to_numpy()
     for keep_all in (False, True):
         arguments = {"prices": prices, "keep_all": keep_all}
         if design != "blp":

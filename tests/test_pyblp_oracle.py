@@ -572,7 +572,7 @@ def compare_post_estimation(pyblp_results: Any, dk_results: Any, rtol: float) ->
     )
     assert_close(dk_results.compute_probabilities(), quiet(pyblp_results.compute_probabilities), rtol, "probabilities")
     assert_close(dk_results.compute_shares(), quiet(pyblp_results.compute_shares), rtol, "shares")
-    prices = dk_results.problem.products["prices"].to_numpy()
+    prices = dk_results.problem.product_frame["prices"].to_numpy()
     new_prices = prices * 1.1 + 0.05
     assert_close(
         dk_results.compute_shares(new_prices),

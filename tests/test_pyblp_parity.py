@@ -434,7 +434,8 @@ def test_pickles_and_parallel(tmp_path):
 # fails test_pyblp_surface_gaps_are_known, and so does a listed gap that has been filled (remove it from the list).
 KNOWN_GAPS = {
     "top-level names": {
-        # PyBLP's data-structuring classes; demandkit keeps product and agent data as DataFrames
+        # PyBLP's data-structuring classes; demandkit builds the same record arrays (Problem.products, .agents)
+        # in demandkit.blp.records and keeps the data as given in Problem.product_frame
         "Agents",
         "Products",
         # PyBLP's problem classes behind results methods; demandkit returns results that have to_problem()

@@ -44,7 +44,7 @@ def test_nevo_post_estimation_shapes_and_signs(results):
     assert (off > 0).all()
     surplus = results.compute_consumer_surpluses()
     assert surplus.shape == (94, 1) and (surplus > 0).all()
-    higher = results.compute_consumer_surpluses(prices=results.problem.products["prices"] * 1.1)
+    higher = results.compute_consumer_surpluses(prices=results.problem.product_frame["prices"] * 1.1)
     assert (higher < surplus).all()
     shares = results.compute_shares()
     np.testing.assert_allclose(shares[:, 0], results.problem.shares, rtol=1e-10)

@@ -51,27 +51,3 @@ def log_availability(
         raise InvalidDataError(f"agent_data's availability columns must be non-negative; row {row} is not.")
     logs = np.where(values > 0, np.log(np.where(values > 0, values, 1.0)), MASKED)
     return agent_layout.pad(logs).transpose(0, 2, 1).copy()  # [T, I, J] -> [T, J, I]
-
-
-def agent_records(
-    market_ids: np.ndarray,
-    agent_ids: np.ndarray | None,
-    weights: np.ndarray,
-    nodes: np.ndarray,
-    demographics: np.ndarray | None,
-    availability: np.ndarray | None,
-) -> np.recarray:
-    """PyBLP's ``Problem.agents``: a record array with one row per agent and the fields ``market_ids``,
-    ``agent_ids``, ``weights`` (``I x 1``), ``nodes`` (``I x K2``), ``demographics`` (``I x D``) and ``availability``
-    (``I x J``, zero columns when not given), in the agents' row order."""
-    rows = len(weights)
-    fields = {
-        "market_ids": np.asarray(market_ids, dtype=object).reshape(rows, 1),
-        "agent_ids": np.empty((rows, 0), dtype=object) if agent_ids is None else np.asarray(agent_ids, object)[:, None],
-        "weights": np.asarray(weights, dtype=np.float64).reshape(rows, 1),
-        "nodes": np.asarray(nodes, dtype=np.float64).reshape(rows, -1),
-        "demographics": np.zeros((rows, 0)) if demographics is None else np.asarray(demographics, np.float64),
-        "availability": np.zeros((rows, 0)) if availability is None else np.asarray(availability, np.float64),
-    }
-    dtype = [(name, value.dtype, value.shape[1:]) for name, value in fields.items()]
-    return np.rec.fromarrays(list(fields.values()), dtype=dtype)

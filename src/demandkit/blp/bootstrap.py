@@ -112,11 +112,11 @@ def _unpack(results: Any, drawn: np.ndarray) -> dict[str, np.ndarray]:
 def batched_shares(results: Any, delta: Tensor, sigma: Tensor, pi: Tensor, rho: Tensor) -> Tensor:
     """Shares ``[B, T, J]`` for draws of ``delta [B, T, J]``, ``sigma [B, K2, K2]``, ``pi [B, K2, D]``.
 
-    The random-coefficients logit is batched over draws in chunks; under nesting each draw is one batched call
-    of the demand model (its nesting parameters differ by draw).
+    The random-coefficients logit is batched over draws in chunks; under nesting (or with product-specific
+    demographics, whose coefficients vary by product) each draw is one batched call of the demand model.
     """
     problem, model = results.problem, results.model
-    if model.nesting is not None or not problem.K2:
+    if model.nesting is not None or not problem.K2 or model.product_demographics is not None:
         shares = []
         for b in range(delta.shape[0]):  # a loop over draws, each batched over markets
             mu = model.mu(sigma[b], pi[b]) if problem.K2 else None
@@ -222,7 +222,7 @@ def _equilibrium(bootstrapped: BootstrappedResults, iteration: Any) -> None:
         converged.append(not any("did not converge" in str(w.message) for w in caught))
         prices.append(new_prices)
         shares.append(clone.compute_shares(prices=new_prices)[:, 0])
-        frame = problem.products.assign(prices=new_prices)
+        frame = problem.product_frame.assign(prices=new_prices)
         X1_new = problem.product_formulations[0].build_matrix(frame)[0]
         deltas.append(clone.delta[:, 0] + (X1_new - problem.design.X1_raw) @ clone.beta[:, 0])
     bootstrapped.bootstrapped_prices = np.stack(prices)[..., None]
@@ -267,7 +267,7 @@ class BootstrappedResults(Persistent):
             setattr(self, f"bootstrapped_{name}", value)
         self.bootstrapped_delta = delta
         self.bootstrapped_shares = shares
-        prices = results.problem.products["prices"].to_numpy(dtype=np.float64).reshape(1, -1, 1)
+        prices = results.problem.product_frame["prices"].to_numpy(dtype=np.float64).reshape(1, -1, 1)
         self.bootstrapped_prices = np.repeat(prices, self.draws, axis=0)
         self._delta_padded = delta_padded
         self.computation_time = seconds
@@ -291,7 +291,7 @@ class BootstrappedResults(Persistent):
         problem = results.problem
         if not problem.K3:
             return clone
-        frame = problem.products.assign(
+        frame = problem.product_frame.assign(
             prices=self.bootstrapped_prices[b, :, 0], shares=self.bootstrapped_shares[b, :, 0]
         )
         clone.problem = type(problem)(

@@ -203,6 +203,9 @@ def bucket_demand(model: DemandModel, bucket: Bucket) -> DemandModel:
         setattr(local, name, _cut(getattr(model, name), markets, agents=bucket.agents))
     if model.log_availability is not None:  # [T, J, I]
         local.log_availability = _cut(model.log_availability, markets, products=bucket.products)[..., : bucket.agents]
+    if model.product_demographics is not None:  # [T, J, I, D_P]
+        product = _cut(model.product_demographics, markets, products=bucket.products)
+        local.product_demographics = product[:, :, : bucket.agents]
     if model.nesting is not None:
         local.nesting = Nesting(_cut(model.nesting.ids, markets, products=bucket.products), model.nesting.count)
     _check_cut(model, local, markets)

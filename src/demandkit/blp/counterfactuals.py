@@ -25,7 +25,7 @@ from ..construction.ownership import ownership_from_firms
 from ..exceptions import ConvergenceWarning, InvalidDataError, SpecificationError
 from ..kernels.equilibrium import iterate_prices
 from ..kernels.markups import bertrand_markups, equilibrium_zeta
-from ..kernels.shares import agent_utilities, compute_probabilities, log_inclusive_values, share_jacobian
+from ..kernels.shares import agent_utilities, compute_probabilities, heterogeneity, log_inclusive_values, share_jacobian
 from .long_run_diversion import long_run_diversion_ratios
 from .markets import MarketSelection, select_market
 from .merger import simulate_merger
@@ -65,7 +65,7 @@ class SupplyPostEstimation:
         p = self.problem
         if p.prices_padded is None:
             raise InvalidDataError("Supply-side computations need a prices column in product_data.")
-        shifted = p.products.assign(prices=p.products["prices"] * 1.7 + 0.3)
+        shifted = p.product_frame.assign(prices=p.product_frame["prices"] * 1.7 + 0.3)
         for formulation, derivative in ((p.product_formulations[0], p.dX1), (p.product_formulations[1], p.dX2)):
             if formulation is not None and not np.allclose(
                 formulation.derivative_matrix(shifted, "prices"), derivative, rtol=1e-7, atol=1e-9
@@ -119,7 +119,7 @@ class SupplyPostEstimation:
         probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
         derivatives = (p.dX1_padded @ beta).unsqueeze(-1)
         if coefficients is not None:
-            derivatives = derivatives + torch.einsum("tjk,tik->tji", p.dX2_padded, coefficients)
+            derivatives = derivatives + heterogeneity(p.dX2_padded, coefficients)
         return probabilities, derivatives.expand(-1, -1, model.weights.shape[1]), coefficients
 
     def _markups_at(self, prices: Tensor, ownership: Tensor) -> tuple[Tensor, Tensor]:
@@ -139,7 +139,7 @@ class SupplyPostEstimation:
 
     def _firm_ids(self) -> np.ndarray:
         """The data's firm ids, or one firm per product where there are none."""
-        products = self.problem.products
+        products = self.problem.product_frame
         return products["firm_ids"].to_numpy() if "firm_ids" in products.columns else np.arange(self.problem.N)
 
     def _widen(self, market: MarketSelection | None, firm_ids: Any = None, ownership: Any = None) -> tuple[Any, Any]:
@@ -206,7 +206,7 @@ class SupplyPostEstimation:
     def _prices_and_costs(self, prices: Any, costs: Any, market_id: Any) -> tuple[np.ndarray, np.ndarray]:
         """``J x 1`` prices (the data's by default) and costs (estimated by default) of all products or one market."""
         market = select_market(self.problem, market_id)
-        prices_array = self.problem.products["prices"].to_numpy() if prices is None else np.asarray(prices)
+        prices_array = self.problem.product_frame["prices"].to_numpy() if prices is None else np.asarray(prices)
         costs_array = self.compute_costs(market_id=market_id) if costs is None else np.asarray(costs)
         if market is not None:
             prices_array = market.restrict(prices_array, "prices")
@@ -269,7 +269,7 @@ class SupplyPostEstimation:
         if market is not None:
             firm_ids = None if firm_ids is None else market.expand_ids(firm_ids, self._firm_ids(), "firm_ids")
             shares = None if shares is None else market.expand(shares, p.shares, "shares")
-        ids = p.products["firm_ids"].to_numpy() if firm_ids is None else np.asarray(firm_ids).reshape(-1)
+        ids = p.product_frame["firm_ids"].to_numpy() if firm_ids is None else np.asarray(firm_ids).reshape(-1)
         values = p.shares if shares is None else np.asarray(shares, dtype=np.float64).reshape(-1)
         frame = pd.DataFrame({"t": p.layout.market_of_row, "f": ids, "s": values})
         frame["s"] = frame["s"] / frame.groupby("t")["s"].transform("sum")
@@ -434,7 +434,7 @@ class SupplyPostEstimation:
         firm_ids, ownership = self._widen(market, firm_ids, ownership)
         costs = self._widen_costs(market, costs)
         if market is not None and prices is not None:
-            prices = market.expand(prices, self.problem.products["prices"].to_numpy(dtype=np.float64), "prices")
+            prices = market.expand(prices, self.problem.product_frame["prices"].to_numpy(dtype=np.float64), "prices")
         stacked = self._rows(
             self._equilibrium(firm_ids, ownership, costs, prices, iteration, market, constant_costs)[0]
         )

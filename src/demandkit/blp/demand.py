@@ -27,6 +27,7 @@ from ..kernels.fixed_point import (
     residual_pullback,
 )
 from ..kernels.linalg import lu_factor_transposed
+from ..kernels.product_coefficients import ProductCoefficients
 from ..kernels.shares import (
     MASKED,
     ExpUtilities,
@@ -71,6 +72,9 @@ class DemandModel:
             self.nodes = p.nodes_padded
             self.demographics = p.demographics_padded
             self.log_availability = getattr(p, "availability_padded", None)  # [T, J, I] log a_ijt (.availability)
+            # [T, J, I, D_P] product-specific demographics d_ijt and their columns of Pi (.product_demographics)
+            self.product_demographics = getattr(p, "product_demographics_padded", None)
+            self.product_columns = list(getattr(p, "product_demographic_columns", []))
             self.weights = p.agent_weights
             # log-space sums need positive weights; sparse grids have negative ones, summed directly instead
             self.signed_weights = bool((p.agent_weights[p.agent_mask] <= 0).any())
@@ -78,13 +82,16 @@ class DemandModel:
                 p.agent_mask, torch.log(torch.where(p.agent_mask, p.agent_weights.abs(), 1.0)), MASKED
             )
         else:
-            self.nodes = self.demographics = self.log_availability = None
+            self.nodes = self.demographics = self.log_availability = self.product_demographics = None
+            self.product_columns = []
             T = self.mask.shape[0]
             self.weights = torch.ones((T, 1), dtype=p.dtype, device=p.device)
             self.log_weights = torch.zeros((T, 1), dtype=p.dtype, device=p.device)
             self.signed_weights = False
 
     fp_type: str = "safe_linear"  # PyBLP's contraction type and bounds on simulated shares (see with_contraction)
+    product_demographics: Tensor | None = None  # defaults for models pickled before product-specific demographics
+    product_columns: tuple[int, ...] | list[int] = ()
     shares_bounds: tuple[float, float] | None = None
 
     def with_contraction(self, fp_type: str, shares_bounds: tuple[float, float] | None) -> DemandModel:
@@ -115,15 +122,30 @@ class DemandModel:
         full[..., columns] = nodes[..., : len(columns)]
         return full
 
-    def coefficients(self, sigma: Tensor, pi: Tensor) -> Tensor | None:
-        """Agents' random coefficients :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, ``[T, I, K2]``."""
+    def coefficients(self, sigma: Tensor, pi: Tensor) -> Tensor | ProductCoefficients | None:
+        """Agents' random coefficients :math:`f_k((\\Sigma\\nu_i + \\Pi d_i)_k)`, ``[T, I, K2]``.
+
+        With product-specific demographics :math:`d_{ijt}` they vary by product,
+        :math:`f_k((\\Sigma\\nu_i + \\Pi d_{ij})_k)`, and come as
+        :class:`~demandkit.kernels.product_coefficients.ProductCoefficients`, which
+        :func:`~demandkit.kernels.shares.heterogeneity` weighs by X2 (or its derivatives).
+        """
         if not self.K2:
             return None
-        return random_coefficients(self.nodes_for(sigma), self.demographics, sigma, pi, self.rc_types)
+        nodes = self.nodes_for(sigma)
+        if self.product_demographics is None:
+            return random_coefficients(nodes, self.demographics, sigma, pi, self.rc_types)
+        # the regular demographics hold zeros in the product-specific columns: the index is the agents' part
+        index = random_coefficients(nodes, self.demographics, sigma, pi, ("linear",) * self.K2)
+        return ProductCoefficients(index, pi[..., self.product_columns], self.product_demographics, self.rc_types)
 
-    def heterogeneity(self, coefficients: Tensor, X2: Tensor | None = None) -> Tensor:
+    def heterogeneity(self, coefficients: Tensor | ProductCoefficients, X2: Tensor | None = None) -> Tensor:
         """:math:`\\mu_{ijt}`, ``[T, J, I]``, from the problem's X2 (or ``X2`` at changed prices or characteristics),
-        plus :math:`\\log a_{ijt}` with agent-specific availability (:mod:`.availability`)."""
+        plus :math:`\\log a_{ijt}` with agent-specific availability (:mod:`.availability`).
+
+        Every path that forms :math:`\\mu` (shares, the inversion and its derivatives, markups, post-estimation,
+        micro moments, simulation) comes here, so product-specific demographics (:mod:`.product_demographics`),
+        which enter through the ``coefficients``, reach them all."""
         mu = heterogeneity(self.X2 if X2 is None else X2, coefficients)
         return mu if self.log_availability is None else mu + self.log_availability
 

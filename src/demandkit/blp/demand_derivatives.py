@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..exceptions import InvalidDataError
-from ..kernels.shares import agent_utilities, compute_probabilities, share_jacobian
+from ..kernels.shares import agent_utilities, compute_probabilities, heterogeneity, share_jacobian
 from .markets import MarketSelection, select_market
 
 CHUNK_ELEMENTS = 2**24
@@ -116,7 +116,7 @@ class DemandDerivatives:
     def _derivatives_at(self, name: str | None, prices: Any = None) -> tuple[Tensor, Tensor, Tensor]:
         """Share Jacobian ``[T, J, J]``, Hessian ``[T, J, J, J]`` and shares ``[T, J]`` at ``prices`` (all products)."""
         delta, mu, rho, coefficients = self._state(prices)
-        frame = None if prices is None else self.problem.products.assign(prices=np.asarray(prices).reshape(-1))
+        frame = None if prices is None else self.problem.product_frame.assign(prices=np.asarray(prices).reshape(-1))
         derivatives = self._utility_derivatives(name, coefficients, frame)
         curvature = None if name is None else self._utility_curvature(name, coefficients, frame)
         model = self.model
@@ -128,14 +128,14 @@ class DemandDerivatives:
     def _utility_curvature(self, name: str, coefficients: Tensor | None, frame: pd.DataFrame | None) -> Tensor | None:
         """:math:`\\partial^2 u_{ijt}/\\partial x_{jt}^2`, ``[T, J, I]``, or None where :math:`x` enters linearly."""
         p = self.problem
-        frame = p.products if frame is None else frame
+        frame = p.product_frame if frame is None else frame
         d2X1 = second_derivative_matrix(p.product_formulations[0], frame, name)
         d2X2 = second_derivative_matrix(p.product_formulations[1], frame, name) if p.K2 else None
         if not d2X1.any() and (d2X2 is None or not d2X2.any()):
             return None
         curvature = p.padded(d2X1 @ self.beta.reshape(-1)).unsqueeze(-1)
         if d2X2 is not None:
-            curvature = curvature + torch.einsum("tjk,tik->tji", p.padded(d2X2), coefficients)
+            curvature = curvature + heterogeneity(p.padded(d2X2), coefficients)
         return curvature.expand(-1, -1, self.model.weights.shape[1])
 
     # --------------------------------------------------------------- public
@@ -208,7 +208,7 @@ class DemandDerivatives:
         p = self.problem
         market = select_market(p, market_id)
         prices = self._prices_of(prices, market)
-        prices_rows = p.products["prices"].to_numpy(dtype=np.float64) if prices is None else np.asarray(prices)
+        prices_rows = p.product_frame["prices"].to_numpy(dtype=np.float64) if prices is None else np.asarray(prices)
         if costs is None:
             costs_rows = self.compute_costs()
         elif market is None:
@@ -249,9 +249,9 @@ class DemandDerivatives:
             if name is None:
                 changed = self._state(delta=delta * (1 + factor))
             else:
-                if name not in p.products.columns:
+                if name not in p.product_frame.columns:
                     raise InvalidDataError(f"Cannot scale {name!r}: not a column of the product data.")
-                x = p.products[name].to_numpy(dtype=np.float64)
+                x = p.product_frame[name].to_numpy(dtype=np.float64)
                 changed = self._state(columns={name: x * (1 + factor)})
             before = torch.exp(self.model.log_shares(delta, mu, rho))
             after = torch.exp(self.model.log_shares(*changed[:3]))

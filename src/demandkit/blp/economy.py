@@ -39,8 +39,10 @@ from ..layout.validation import (
     warn_duplicate_products,
 )
 from ..settings import as_torch_dtype, options
-from .availability import agent_records, log_availability
+from .availability import log_availability
 from .identifiers import ProblemIdentifiers
+from .product_demographics import build_demographics, pad_product_demographics
+from .records import agent_records, cached_product_records
 
 
 def check_epsilon_scale(epsilon_scale: Any) -> float:
@@ -83,6 +85,17 @@ class Economy(ProblemIdentifiers):
     estimation: :class:`~demandkit.blp.problem.Problem` adds ``solve``, and the kernels, the objective, the
     results and the counterfactuals take an ``Economy``. The arguments are :class:`~demandkit.Problem`'s. PyBLP's
     ``unique_*_ids``, ``F``, ``MC``, ``ED`` and ``ES`` come from :class:`~demandkit.blp.identifiers.ProblemIdentifiers`.
+
+    Attributes
+    ----------
+    product_frame : DataFrame
+        The product data as given, a DataFrame.
+    products : numpy.recarray
+        PyBLP's ``Problem.products``: one row per product, with the identifiers, ``shares``, the instruments
+        ``ZD``, ``ZS``, ``ZC``, the designs ``X1``, ``X2``, ``X3`` (after absorbing fixed effects, as estimation uses
+        them) and the variables the formulations read (:mod:`demandkit.blp.records`).
+    agents : numpy.recarray or None
+        PyBLP's ``Problem.agents`` (None without random coefficients).
     """
 
     def __init__(
@@ -120,8 +133,8 @@ class Economy(ProblemIdentifiers):
         self.add_exogenous = add_exogenous
         self.device = resolve_device(device)
         self.dtype = options.dtype if dtype is None else as_torch_dtype(dtype)
-        self.products = as_frame(product_data, "product_data")
-        require_rows(self.products, "product_data")
+        self.product_frame = as_frame(product_data, "product_data")
+        require_rows(self.product_frame, "product_data")
         self._build_products()
         self.K2 = self.design.X2.shape[1]
         self.rc_types = tuple(rc_types) if rc_types is not None else ("linear",) * self.K2
@@ -135,9 +148,14 @@ class Economy(ProblemIdentifiers):
         self._build_supply()
         self._build_tensors()
 
+    @property
+    def products(self) -> np.recarray:
+        """PyBLP's ``Problem.products``, a record array with one row per product (:mod:`demandkit.blp.records`)."""
+        return cached_product_records(self, self)
+
     # -------------------------------------------------------------- products
     def _build_products(self) -> None:
-        frame = self.products
+        frame = self.product_frame
         require_columns(frame, ["market_ids", "shares"], "product_data")
         X1_formulation, X2_formulation = self.product_formulations[:2]
         if X2_formulation is not None and X2_formulation.absorb:
@@ -196,7 +214,7 @@ class Economy(ProblemIdentifiers):
     # ---------------------------------------------------------------- supply
     def _build_supply(self) -> None:
         """X3, the supply instruments, ownership and the price derivatives of the designs."""
-        frame = self.products
+        frame = self.product_frame
         X3_formulation = self.product_formulations[2]
         self.K3 = 0
         self.X3 = np.zeros((self.N_rows, 0))
@@ -261,8 +279,9 @@ class Economy(ProblemIdentifiers):
 
     def _build_agents(self, agent_data: Any) -> None:
         markets = self.layout.market_ids
-        D_labels: list[str] = []
-        demographics = None
+        built = None  # the agents' demographics (.product_demographics)
+        self.product_demographics = self.demographic_records = None
+        self.product_demographic_columns: list[int] = []
         if self.K2 == 0:
             self.agents = None
             self.agent_layout = None
@@ -284,14 +303,12 @@ class Economy(ProblemIdentifiers):
         if self.agent_formulation is not None:
             if frame is None:
                 raise SpecificationError("agent_formulation needs agent_data with the demographics it names.")
-            require_columns(frame, sorted(self.agent_formulation.variables), "agent_data")
-            check_finite(frame, sorted(self.agent_formulation.numeric_variables), "agent_data")
-            demographics, D_labels = self.agent_formulation.build_matrix(frame)
+            built = build_demographics(self.agent_formulation, frame, self.layout)  # regular and product-specific
         if self.integration is not None:
             agent_markets, nodes, weights = self.integration.build_many(self.K2, markets)
-            if demographics is not None:
+            if built is not None:
                 loaded = frame["market_ids"].to_numpy()
-                demographics = first_agent_rows(demographics, loaded, agent_markets, "demographics")
+                built = built.rows(lambda values: first_agent_rows(values, loaded, agent_markets, "demographics"))
         else:
             node_names = numbered_columns(frame, "nodes", "agent_data")
             require_columns(frame, ["weights"], "agent_data")
@@ -310,8 +327,12 @@ class Economy(ProblemIdentifiers):
         self.agent_market_ids = agent_markets
         self.nodes = nodes
         self.weights = weights
-        self.demographics = demographics
-        self.design.demographics_labels.extend(D_labels)
+        if built is not None:
+            self.demographics, self.demographic_records = built.values, built.records  # [I, D]; PyBLP's I x D (x J)
+            self.product_demographics, self.product_demographic_columns = built.product, built.columns  # [I, D_P, J]
+            self.design.demographics_labels.extend(built.labels)
+        else:
+            self.demographics = None
         given = frame if self.integration is None else None  # agents read from agent_data, row for row
         availability = numbered_columns(given, "availability", "agent_data") if given is not None else []
         self.agents = agent_records(  # PyBLP's Problem.agents
@@ -319,7 +340,7 @@ class Economy(ProblemIdentifiers):
             given["agent_ids"].to_numpy() if given is not None and "agent_ids" in given.columns else None,
             weights,
             nodes,
-            demographics,
+            self.demographic_records,
             given[availability[: self.layout.mask.shape[1]]].to_numpy(np.float64) if availability else None,
         )
 
@@ -371,9 +392,13 @@ class Economy(ProblemIdentifiers):
             )
             availability = getattr(self, "log_availability", None)
             self.availability_padded = None if availability is None else self._tensor(availability)
+            product = getattr(self, "product_demographics", None)  # [T, J, I, D_P] (.product_demographics)
+            self.product_demographics_padded = (
+                None if product is None else self._tensor(pad_product_demographics(product, agent))
+            )
         self.prices_padded = (
-            self._tensor(layout.pad(self.products["prices"].to_numpy(dtype=np.float64)))
-            if "prices" in self.products.columns
+            self._tensor(layout.pad(self.product_frame["prices"].to_numpy(dtype=np.float64)))
+            if "prices" in self.product_frame.columns
             else None
         )
         self.dX1_padded = self._tensor(layout.pad(self.dX1))

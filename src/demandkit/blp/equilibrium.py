@@ -19,7 +19,8 @@ from ..configurations.iteration import Iteration
 from ..kernels.equilibrium import iterate_prices
 from ..kernels.fixed_point import FixedPointResult
 from ..kernels.markups import equilibrium_zeta
-from ..kernels.shares import Probabilities, agent_utilities, compute_probabilities, share_jacobian
+from ..kernels.product_coefficients import ProductCoefficients
+from ..kernels.shares import Probabilities, agent_utilities, compute_probabilities, heterogeneity, share_jacobian
 from .demand import DemandModel
 from .economy import Economy
 
@@ -33,7 +34,7 @@ class PriceDemand:
 
     problem: Economy
     model: DemandModel
-    coefficients: Tensor | None  # [T, I, K2]
+    coefficients: Tensor | ProductCoefficients | None  # [T, I, K2] (by product with product-specific demographics)
     rho: Tensor
     beta: Tensor
     base_delta: Tensor  # delta at the problem's prices
@@ -49,7 +50,7 @@ class PriceDemand:
             X2 = None if self.coefficients is None else model.X2 + p.dX2_padded * change.unsqueeze(-1)
             dX1, dX2 = p.dX1_padded, p.dX2_padded
         else:
-            frame = p.products.assign(prices=p.layout.unpad(prices.detach().cpu().numpy()))
+            frame = p.product_frame.assign(prices=p.layout.unpad(prices.detach().cpu().numpy()))
             X1 = p.product_formulations[0].build_matrix(frame)[0]
             change = (X1 - p.design.X1_raw) @ self.beta.cpu().numpy()
             delta = self.base_delta + p.padded(change)
@@ -63,7 +64,7 @@ class PriceDemand:
         probabilities = compute_probabilities(agent_utilities(delta, mu, model.mask), model.nesting, nested_rho)
         derivatives = (dX1 @ self.beta).unsqueeze(-1)
         if self.coefficients is not None:
-            derivatives = derivatives + torch.einsum("tjk,tik->tji", dX2, self.coefficients)
+            derivatives = derivatives + heterogeneity(dX2, self.coefficients)
         return probabilities, derivatives.expand(-1, -1, model.weights.shape[1]), delta
 
     def shares(self, probabilities: Probabilities) -> Tensor:
@@ -104,7 +105,7 @@ def solve_equilibrium(
 
 def linear_in_prices(problem: Economy) -> bool:
     """Whether X1 and X2 are linear in prices (their price derivatives do not move with prices)."""
-    shifted = problem.products.assign(prices=problem.products["prices"] * 1.7 + 0.3)
+    shifted = problem.product_frame.assign(prices=problem.product_frame["prices"] * 1.7 + 0.3)
     pairs = ((problem.product_formulations[0], problem.dX1), (problem.product_formulations[1], problem.dX2))
     return all(
         formulation is None

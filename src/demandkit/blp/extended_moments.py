@@ -86,7 +86,7 @@ def parse_moment_types(value: Any, M: int, side: str) -> list[tuple[str, int]]:
 
 def covariance_instruments(problem: Any) -> np.ndarray:
     """:math:`Z_C`, ``N x M_C``: the ``covariance_instruments`` field (numbered or one column) of the product data."""
-    frame = problem.products
+    frame = problem.product_frame
     names = numbered_columns(frame, "covariance_instruments", "product_data")
     values = frame[names].to_numpy(dtype=np.float64) if names else np.zeros((len(frame), 0))
     if not np.isfinite(values).all():
@@ -96,7 +96,7 @@ def covariance_instruments(problem: Any) -> np.ndarray:
 
 def lag_indices(problem: Any) -> np.ndarray | None:
     """``product_data``'s ``lag_indices`` (the row of each product's lag; its own row in its first period), checked."""
-    frame = problem.products
+    frame = problem.product_frame
     if "lag_indices" not in frame.columns:
         return None
     values = frame["lag_indices"].to_numpy()

@@ -127,6 +127,8 @@ def estimate(
         raise SpecificationError("FRAC is implemented for the random-coefficients logit, not nested logit.")
     if any(kind != "linear" for kind in problem.rc_types):
         raise SpecificationError(f"FRAC needs linear random coefficients; the problem has rc_types {problem.rc_types}.")
+    if getattr(problem, "product_demographics", None) is not None:
+        raise SpecificationError("FRAC is implemented for demographics d_it, not product-specific ones d_ijt.")
     sigma_pattern = np.tril(_pattern("sigma", sigma, (K2, K2), np.eye(K2, dtype=bool)))
     pi_pattern = _pattern("pi", pi, (K2, D), np.ones((K2, D), dtype=bool))
     free = sigma_pattern.astype(float)

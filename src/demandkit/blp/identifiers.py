@@ -53,29 +53,29 @@ def unique_ids(frame: pd.DataFrame | None, field: str) -> np.ndarray:
 class ProblemIdentifiers:
     """PyBLP's ``unique_*_ids``, :math:`F`, :math:`M_C`, :math:`E_D` and :math:`E_S` of a problem (a mixin)."""
 
-    products: pd.DataFrame
+    product_frame: pd.DataFrame
     design: Any
     supply_absorb_ids: np.ndarray | None
 
     @property
     def unique_market_ids(self) -> np.ndarray:
         """Distinct market ids of the product data, sorted (PyBLP's ``unique_market_ids``), ``T``."""
-        return unique_ids(self.products, "market_ids")
+        return unique_ids(self.product_frame, "market_ids")
 
     @property
     def unique_firm_ids(self) -> np.ndarray:
         """Distinct ``firm_ids`` of the product data, sorted; empty without them."""
-        return unique_ids(self.products, "firm_ids")
+        return unique_ids(self.product_frame, "firm_ids")
 
     @property
     def unique_nesting_ids(self) -> np.ndarray:
         """Distinct ``nesting_ids`` of the product data, sorted; empty without nests (``H`` of them)."""
-        return unique_ids(self.products, "nesting_ids")
+        return unique_ids(self.product_frame, "nesting_ids")
 
     @property
     def unique_product_ids(self) -> np.ndarray:
         """Distinct ``product_ids`` (over every column, when numbered) of the product data, sorted; empty without."""
-        return unique_ids(self.products, "product_ids")
+        return unique_ids(self.product_frame, "product_ids")
 
     @property
     def unique_agent_ids(self) -> np.ndarray:
@@ -90,7 +90,7 @@ class ProblemIdentifiers:
     @property
     def MC(self) -> int:
         """Number of covariance instruments :math:`M_C` (columns of ``covariance_instruments`` in the product data)."""
-        return len(numbered_columns(self.products, "covariance_instruments", "product_data"))
+        return len(numbered_columns(self.product_frame, "covariance_instruments", "product_data"))
 
     @property
     def ED(self) -> int:

@@ -103,7 +103,7 @@ def importance_sampling(
     candidates = _candidates(problem, agent_data, integration)
     economy = type(problem)(
         problem.product_formulations,
-        problem.products,
+        problem.product_frame,
         problem.agent_formulation,
         candidates,
         rc_types=problem.rc_types,
@@ -193,7 +193,7 @@ class ImportanceSamplingResults(Persistent):
         problem = self.problem_results.problem
         return type(problem)(
             problem.product_formulations,
-            problem.products,
+            problem.product_frame,
             problem.agent_formulation,
             self.sampled_agents,
             rc_types=problem.rc_types,

@@ -50,13 +50,13 @@ def simulate_merger(
     costs_rows = results.compute_costs() if costs is None else np.asarray(costs, dtype=np.float64).reshape(-1, 1)
     prices_padded, converged = results._equilibrium(new_ids, None, costs_rows, None, iteration, market)
     new_prices = results._rows(prices_padded)
-    old_prices = p.products["prices"].to_numpy(dtype=np.float64).reshape(-1, 1)
+    old_prices = p.product_frame["prices"].to_numpy(dtype=np.float64).reshape(-1, 1)
     new_shares = results.compute_shares(prices=new_prices)
     old_shares = p.shares.reshape(-1, 1)
     products = pd.DataFrame({"market_ids": p.market_ids_of_rows})
-    if "product_ids" in p.products.columns:
-        products["product_ids"] = p.products["product_ids"].to_numpy()
-    products["firm_ids"] = p.products["firm_ids"].to_numpy()
+    if "product_ids" in p.product_frame.columns:
+        products["product_ids"] = p.product_frame["product_ids"].to_numpy()
+    products["firm_ids"] = p.product_frame["firm_ids"].to_numpy()
     products["merged_firm_ids"] = new_ids
     products["costs"] = costs_rows[:, 0]
     products["prices"], products["merged_prices"] = old_prices[:, 0], new_prices[:, 0]

@@ -270,13 +270,13 @@ class MicroMoments:
         if index is None:
             codes = np.broadcast_to(np.arange(J + 1), (len(markets), J + 1)).copy()
         else:
-            columns = numbered_columns(p.products, "product_ids", "product_data")
+            columns = numbered_columns(p.product_frame, "product_ids", "product_data")
             if index >= len(columns):
                 raise SpecificationError(
                     f"MicroDataset '{dataset.name}': eliminated_product_ids_index {index} needs a product_ids column "
                     f"{index}; product_data has {len(columns)} product_ids column(s)."
                 )
-            ids = p.products[columns[index]].to_numpy()
+            ids = p.product_frame[columns[index]].to_numpy()
             _, codes_of_rows = np.unique(ids.astype(str), return_inverse=True)
             padded = p.layout.pad(codes_of_rows + 1, -1)[markets]
             codes = np.concatenate([np.zeros((len(markets), 1), dtype=np.int64), padded], axis=1)

@@ -2,10 +2,11 @@
 out as padded tensors (:class:`DatasetLayout`), once per problem.
 
 The callbacks ``compute_weights(t, products, agents)`` and ``compute_values(t, products, agents)`` are called once
-per market (by PyBLP's definition, the only per-market Python of micro moments) with :class:`Records` of the
-market's products and agents; their arrays are padded to ``[I, 1 + J(, 1 + J)]`` with the outside option at index
-0 of each choice axis. Values that are the same for every agent, or outer products of an agent and a product
-vector, are recognised here so that estimation can contract them without the full array.
+per market (by PyBLP's definition, the only per-market Python of micro moments) with the market's rows of
+``Problem.products`` (:class:`~.records.MarketRecords`) and :class:`Records` of its agents; their arrays are
+padded to ``[I, 1 + J(, 1 + J)]`` with the outside option at index 0 of each choice axis. Values that are the same
+for every agent, or outer products of an agent and a product vector, are recognised here so that estimation can
+contract them without the full array.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from torch import Tensor
 
 from ..configurations.micro import MicroDataset
 from ..exceptions import SpecificationError
-from ..layout.validation import numbered_columns
+from .records import MarketRecords, market_records
 
 
 class Records:
-    """One market's products or agents as PyBLP hands them to micro callbacks: attributes ``X2``, ``prices``,
-    ``demographics``, ... (matrices with one row per product or agent) and ``size``; ``records['column']`` reads
-    any column of the user's table."""
+    """One market's agents as PyBLP hands them to micro callbacks: attributes ``weights``, ``nodes``,
+    ``demographics``, ... (matrices with one row per agent) and ``size``; ``records['column']`` reads any column of
+    the user's table. (A market's products are rows of ``Problem.products``, :func:`market_products`.)"""
 
     def __init__(self, size: int, fields: dict[str, Any], frame: Any = None) -> None:
         self.size = size
@@ -53,29 +54,13 @@ def _column(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
     return taken.reshape(len(rows), -1) if taken.ndim == 1 else taken
 
 
-def market_products(problem: Any, t: int) -> Records:
-    """The products of market index ``t`` (in the order of ``product_data``)."""
+def market_products(problem: Any, t: int) -> MarketRecords:
+    """The products of market index ``t``: its rows of ``problem.products`` (PyBLP's record array, in the order of
+    ``product_data``), as PyBLP hands them to micro callbacks; ``products['column']`` also reads other columns of
+    ``product_data``."""
     layout = problem.layout
     rows = layout.rows[t, layout.mask[t]]
-    frame = problem.products.iloc[rows]
-    fields: dict[str, Any] = {
-        "market_ids": _column(problem.market_ids_of_rows, rows),
-        "shares": _column(problem.shares, rows),
-        "X1": _column(problem.design.X1_raw, rows),
-        "X2": _column(problem.design.X2, rows),
-        "ZD": _column(problem.design.ZD, rows),
-        "X3": _column(getattr(problem, "X3_raw", problem.X3), rows),
-        "ZS": _column(problem.ZS, rows),
-    }
-    for name in ("prices", "firm_ids", "clustering_ids", "nesting_ids"):
-        if name in frame.columns:
-            fields[name] = frame[name].to_numpy().reshape(-1, 1)
-    ids = numbered_columns(problem.products, "product_ids", "product_data")
-    if ids:
-        fields["product_ids"] = frame[ids].to_numpy()
-    if problem.ownership is not None:
-        fields["ownership"] = np.asarray(problem.ownership)[t, : len(rows), : len(rows)]
-    return Records(len(rows), fields, frame)
+    return market_records(problem.products, rows, problem.product_frame.iloc[rows])
 
 
 def market_agents(problem: Any, t: int) -> Records:
@@ -100,6 +85,9 @@ def market_agents(problem: Any, t: int) -> Records:
         "nodes": _column(problem.nodes, rows),
         "demographics": _column(problem.demographics, rows) if problem.demographics is not None else None,
     }
+    records = getattr(problem, "demographic_records", None)
+    if records is not None and records.ndim == 3:  # product-specific demographics: PyBLP's I_t x D x J_t
+        fields["demographics"] = records[rows][..., : int(problem.layout.sizes[t])]
     frame_rows = None
     if frame is not None and len(frame) == len(problem.agent_market_ids):
         frame_rows = frame.iloc[rows]

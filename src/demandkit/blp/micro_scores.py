@@ -490,6 +490,11 @@ class _Scores:
                 "Micro scores integrate over each observation's own draws, which carry no availability columns: "
                 "they are not supported with agent-specific availability."
             )
+        if getattr(p, "product_demographics", None) is not None:
+            raise SpecificationError(
+                "Micro scores build each observation's demographics from its own row, which carries no "
+                "product-specific demographics (name0, name1, ...): they are not supported with them."
+            )
         theta = torch.as_tensor(results.theta, dtype=p.dtype, device=p.device)
         self.P = theta.numel()
         self.point = space.unpack(theta)

@@ -109,7 +109,7 @@ class OptimalInstrumentResults(Persistent):
         results = self.problem_results
         p = results.problem
         space = results._space
-        data = p.products if product_data is None else as_frame(product_data, "product_data")
+        data = p.product_frame if product_data is None else as_frame(product_data, "product_data")
         if not p.K3 and (supply_shifter_formulation is not None or demand_shifter_formulation is not None):
             raise SpecificationError("Without a supply side, shifter formulations must be None.")
         dropped = np.zeros(space.P, dtype=bool)
@@ -123,7 +123,7 @@ class OptimalInstrumentResults(Persistent):
             for k in space.gamma_index:
                 dropped[offset] = "shares" not in p.X3_labels[k]
                 offset += 1
-        frame = p.products.assign(prices=self.expected_prices[:, 0], shares=self.expected_shares[:, 0])
+        frame = p.product_frame.assign(prices=self.expected_prices[:, 0], shares=self.expected_shares[:, 0])
         demand = [self.demand_instruments[:, ~dropped]]
         alpha = [k for k in space.eliminated_beta if p.design.X1_labels[k] in p.design.endogenous]
         if alpha:
@@ -188,7 +188,8 @@ def with_instruments(problem: Any, demand: np.ndarray, supply: np.ndarray) -> An
         updated.ZS, updated.ZS_labels, updated.MS = ZS, supply_labels, ZS.shape[1]
         updated.ZS_tensor = torch.as_tensor(np.ascontiguousarray(ZS), dtype=torch.float64, device=p.device)
         columns.update({label: supply[:, k] for k, label in enumerate(supply_labels[: supply.shape[1]])})
-    old = numbered_columns(p.products, "demand_instruments") + numbered_columns(p.products, "supply_instruments")
-    updated.products = p.products.drop(columns=old).assign(**columns)
+    frame = p.product_frame
+    old = numbered_columns(frame, "demand_instruments") + numbered_columns(frame, "supply_instruments")
+    updated.product_frame = p.product_frame.drop(columns=old).assign(**columns)
     updated.add_exogenous = True
     return updated

@@ -194,7 +194,7 @@ def _sampler(method: str, seed: int | None, xi: np.ndarray, omega: np.ndarray | 
 
 def _fitted_prices(problem: Any) -> np.ndarray:
     """Fitted values of prices regressed on the (absorbed) demand instruments, plus the absorbed part."""
-    prices = problem.products["prices"].to_numpy(dtype=np.float64)
+    prices = problem.product_frame["prices"].to_numpy(dtype=np.float64)
     design = problem.design
     absorbed = absorb(
         prices[:, None],
@@ -371,7 +371,7 @@ def _realized_problem(problem: Any, demand: PriceDemand, prices: Tensor, shares:
     layout = problem.layout
     price_rows = layout.unpad(prices.detach().cpu().numpy())
     share_rows = layout.unpad(shares.detach().cpu().numpy())
-    frame = problem.products.assign(prices=price_rows, shares=share_rows)
+    frame = problem.product_frame.assign(prices=price_rows, shares=share_rows)
     mask = problem.product_mask
     realized.prices_padded = torch.where(mask, prices, 0.0)
     realized.log_market_shares = torch.log(torch.where(mask, shares, 1.0))

@@ -49,7 +49,7 @@ def economy_with_agents(results: Any, agent_data: Any = None, integration: Any =
         raise SpecificationError("Other agents need agent_data with nodes or an integration.")
     economy = type(problem)(
         problem.product_formulations,
-        problem.products,
+        problem.product_frame,
         problem.agent_formulation,
         frame,
         integration,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..configurations.iteration import Iteration
 from ..exceptions import InvalidDataError, SpecificationError
-from ..kernels.shares import agent_utilities, log_inclusive_values, random_coefficients, share_jacobian
+from ..kernels.shares import agent_utilities, heterogeneity, log_inclusive_values, share_jacobian
 from .demand_derivatives import DemandDerivatives
 from .markets import MarketSelection, select_market
 from .other_agents import economy_with_agents, invert_shares
@@ -45,8 +45,7 @@ class DemandPostEstimation(DemandDerivatives):
     def _coefficients(self, sigma: Tensor, pi: Tensor, model: Any = None) -> Tensor | None:
         if not self.problem.K2:
             return None
-        model = model or self.model
-        return random_coefficients(model.nodes_for(sigma), model.demographics, sigma, pi, self.problem.rc_types)
+        return (model or self.model).coefficients(sigma, pi)
 
     def _state(
         self, prices: Any = None, delta: Tensor | None = None, model: Any = None, columns: dict | None = None
@@ -66,7 +65,8 @@ class DemandPostEstimation(DemandDerivatives):
             changes["prices"] = prices
         X2 = model.X2
         if changes:
-            frame = p.products.assign(**{k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in changes.items()})
+            updates = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in changes.items()}
+            frame = p.product_frame.assign(**updates)
             if delta is None:
                 X1_new = p.product_formulations[0].build_matrix(frame)[0]
                 estimated = estimated + p.padded((X1_new - p.design.X1_raw) @ self.beta.reshape(-1))
@@ -84,12 +84,12 @@ class DemandPostEstimation(DemandDerivatives):
         agents = self.model.weights.shape[1]
         if name is None:
             return torch.ones((p.T, p.product_mask.shape[1], agents), dtype=p.dtype, device=p.device)
-        frame = p.products if frame is None else frame
+        frame = p.product_frame if frame is None else frame
         dX1 = p.product_formulations[0].derivative_matrix(frame, name) @ self.beta.reshape(-1)
         derivatives = p.padded(dX1).unsqueeze(-1)
         if p.K2:
             dX2 = p.padded(p.product_formulations[1].derivative_matrix(frame, name))
-            derivatives = derivatives + torch.einsum("tjk,tik->tji", dX2, coefficients)
+            derivatives = derivatives + heterogeneity(dX2, coefficients)
         return derivatives.expand(-1, -1, agents)
 
     def _jacobian(self, name: str | None) -> tuple[Tensor, Tensor]:
@@ -124,8 +124,8 @@ class DemandPostEstimation(DemandDerivatives):
     def _frame_vector(self, values: np.ndarray, name: str) -> pd.DataFrame:
         p = self.problem
         frame = pd.DataFrame({"market_ids": p.market_ids_of_rows})
-        if "product_ids" in p.products.columns:
-            frame["product_ids"] = p.products["product_ids"].to_numpy()
+        if "product_ids" in p.product_frame.columns:
+            frame["product_ids"] = p.product_frame["product_ids"].to_numpy()
         frame[name] = values.reshape(-1)
         return frame
 
@@ -133,7 +133,7 @@ class DemandPostEstimation(DemandDerivatives):
         """Long table: one row per market and ordered pair of products ``(j, k)``."""
         p = self.problem
         layout = p.layout
-        ids = p.products["product_ids"].to_numpy() if "product_ids" in p.products.columns else np.arange(p.N)
+        ids = p.product_frame["product_ids"].to_numpy() if "product_ids" in p.product_frame.columns else np.arange(p.N)
         padded_ids = layout.pad(ids.astype(object), None)
         t, j, k = np.nonzero(layout.mask[:, :, None] & layout.mask[:, None, :])
         values = layout.pad(stacked, np.nan)[t, j, k]
@@ -150,7 +150,7 @@ class DemandPostEstimation(DemandDerivatives):
         """``prices`` for all products: one market's ``J_t`` prices widened with the data's elsewhere."""
         if prices is None or market is None:
             return prices
-        return market.expand(prices, self.problem.products["prices"].to_numpy(dtype=np.float64), "prices")
+        return market.expand(prices, self.problem.product_frame["prices"].to_numpy(dtype=np.float64), "prices")
 
     def _vector_output(
         self, stacked: np.ndarray, name: str, market: MarketSelection | None, frame: bool
@@ -318,7 +318,7 @@ class DemandPostEstimation(DemandDerivatives):
             if name is None:
                 x = self._state()[0]
             else:
-                x = self.problem.padded(self.problem.products[name].to_numpy(dtype=np.float64))
+                x = self.problem.padded(self.problem.product_frame[name].to_numpy(dtype=np.float64))
             elasticities = jacobian * x.unsqueeze(-2) / shares.unsqueeze(-1)
         return self._matrix_output(self._stack_matrices(elasticities), "elasticity", market, frame)
 
@@ -398,7 +398,7 @@ class DemandPostEstimation(DemandDerivatives):
         prices = self._prices_of(prices, market)
         frame_at = None
         if prices is not None:
-            frame_at = p.products.assign(prices=np.asarray(prices, dtype=np.float64).reshape(-1))
+            frame_at = p.product_frame.assign(prices=np.asarray(prices, dtype=np.float64).reshape(-1))
         with torch.no_grad():
             delta, mu, rho, coefficients = self._state(prices)
             available = self.model.mask & ~self._eliminated(eliminate_product_ids, product_ids_index)
@@ -426,13 +426,13 @@ class DemandPostEstimation(DemandDerivatives):
         if product_ids is None:
             return torch.zeros_like(p.product_mask)
         names = [f"product_ids{index}"] + (["product_ids"] if index == 0 else [])
-        column = next((name for name in names if name in p.products.columns), None)
+        column = next((name for name in names if name in p.product_frame.columns), None)
         if column is None:
             raise InvalidDataError(
                 f"eliminate_product_ids needs a {' or '.join(map(repr, names[::-1]))} column in product_data."
             )
         ids = np.asarray(product_ids, dtype=object).reshape(-1)
-        eliminated = p.products[column].isin(ids).to_numpy()
+        eliminated = p.product_frame[column].isin(ids).to_numpy()
         return torch.as_tensor(p.layout.pad(eliminated, False), device=p.device)
 
     def extract_diagonals(self, matrices: Any, market_id: Any = None) -> np.ndarray:

@@ -34,7 +34,21 @@ class Problem(Economy):
     agent_formulation : Formulation, optional
         Demographics :math:`d_i` interacted with X2 through :math:`\\Pi`, e.g. ``'0 + income'``.
     agent_data : DataFrame or mapping, optional
-        ``market_ids``, ``weights``, ``nodes0..`` and the demographics.
+        ``market_ids``, ``weights``, ``nodes0..`` and the demographics. A demographic that varies by product as
+        well, :math:`d_{ijt}` (the distance from agent :math:`i` to product :math:`j`), is given as numbered columns
+        ``distance0, distance1, ...`` instead of one ``distance`` column: column :math:`j` is the market's
+        :math:`j`-th product in the order of ``product_data``, there are as many as the largest market has
+        products, and markets with fewer products ignore the extra columns (which may be NaN). The random
+        coefficients then vary by product,
+
+        .. math::
+
+            \\mu_{ijt} = \\sum_k x^{(2)}_{jtk} f_k\\Big(\\sum_l \\Sigma_{kl}\\nu_{itl}
+                         + \\sum_d \\Pi_{kd} d_{ijtd}\\Big),
+
+        with :math:`d_{ijtd} = d_{itd}` for the regular demographics (:mod:`demandkit.blp.product_demographics`);
+        every term of ``agent_formulation`` that involves such a variable (``income:distance``) is
+        product-specific, and ``agents.demographics`` is then ``I x D x J`` as in PyBLP.
     integration : Integration, optional
         Builds nodes and weights for every market instead of (or in place of the nodes in) agent_data.
     rc_types : sequence of {'linear', 'log', 'logit'}, optional

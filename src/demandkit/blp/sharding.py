@@ -51,6 +51,7 @@ MARKET_TENSORS = (
     "nodes_padded",
     "demographics_padded",
     "availability_padded",
+    "product_demographics_padded",
     "prices_padded",
     "dX1_padded",
     "dX2_padded",

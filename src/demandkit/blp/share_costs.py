@@ -45,12 +45,12 @@ def share_dependent_costs(results: Any, costs: Tensor) -> Callable[[Tensor], Ten
     if formulation is None or "shares" not in formulation.variables or not p.K3:
         return None
     gamma = np.asarray(results.gamma, dtype=np.float64).reshape(-1)
-    shifted = formulation.build_matrix(p.products.assign(shares=0.5 * p.shares))[0]
+    shifted = formulation.build_matrix(p.product_frame.assign(shares=0.5 * p.shares))[0]
     moving = np.flatnonzero(np.any(shifted != p.X3_raw, axis=0))
     if moving.size == 0:
         return None
-    design, select = _share_design(formulation, [p.X3_labels[k] for k in moving], p.products, p.X3_raw[:, moving])
-    columns = p.products[sorted(design.variables)]  # only what the formula reads: a small copy per iterate
+    design, select = _share_design(formulation, [p.X3_labels[k] for k in moving], p.product_frame, p.X3_raw[:, moving])
+    columns = p.product_frame[sorted(design.variables)]  # only what the formula reads: a small copy per iterate
     select = moving if select is None else select
     gamma = gamma[moving]
     base = p.X3_raw[:, moving] @ gamma

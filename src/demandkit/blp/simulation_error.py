@@ -59,7 +59,7 @@ def resampled_moments(
         try:
             resampled = type(problem)(
                 problem.product_formulations,
-                problem.products,
+                problem.product_frame,
                 problem.agent_formulation,
                 agent_data,
                 rc_types=problem.rc_types,

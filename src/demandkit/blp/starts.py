@@ -28,6 +28,7 @@ from ..configurations.optimization import Optimization
 from ..exceptions import SpecificationError
 from ..multistart import Estimator, StartsOptions, Summary, check_arguments, draw, run
 from .parameters import ParameterSpace
+from .product_demographics import demographic_rows
 from .results import ProblemResults
 
 #: the arguments of ``solve`` that a start may set
@@ -104,11 +105,9 @@ def _rms(matrix: np.ndarray | None, column: int) -> float:
 def _units(problem: Any, space: ParameterSpace) -> np.ndarray:
     """:math:`f_p`: one utility (or cost) unit per root mean square of what each parameter multiplies."""
     design = problem.design
-    demographics = (
-        None
-        if problem.demographics is None
-        else np.asarray(problem.demographics).reshape(-1, len(design.demographics_labels))
-    )
+    demographics = demographic_rows(problem)
+    if demographics is not None:
+        demographics = np.asarray(demographics).reshape(-1, len(design.demographics_labels))
     units = [1 / _rms(design.X2, r) for r, _ in zip(*space.sigma_index, strict=True)]
     units += [1 / (_rms(design.X2, r) * _rms(demographics, d)) for r, d in zip(*space.pi_index, strict=True)]
     units += [RHO_UNIT] * len(space.rho_index)

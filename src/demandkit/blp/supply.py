@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ..kernels.markups import FirmCodes, LogitMarkups, bertrand_markups
-from ..kernels.shares import LogitProbabilities, logit_share_jacobian, share_jacobian
+from ..kernels.product_coefficients import ProductCoefficients
+from ..kernels.shares import LogitProbabilities, heterogeneity, logit_share_jacobian, share_jacobian
 from .demand import DemandModel, Inversion
 
 
@@ -40,13 +41,13 @@ class SupplyModel:
         """
         derivatives = (self.dX1 @ beta).unsqueeze(-1)
         if coefficients is not None and self.dX2 is not None:
-            derivatives = derivatives + torch.einsum("tjk,tik->tji", self.dX2, coefficients)
+            derivatives = derivatives + heterogeneity(self.dX2, coefficients)
         return derivatives.expand(-1, -1, self.demand.weights.shape[1])
 
     def compact_price_derivatives(self, beta: Tensor, coefficients: Tensor) -> Tensor:
         """:math:`\\alpha_{it}`, ``[T, 1, I]``, when the designs' price derivatives are the same for every product
         (prices enter linearly), else :meth:`price_derivatives`."""
-        if not self.uniform:
+        if not self.uniform or isinstance(coefficients, ProductCoefficients):  # the latter vary by product
             return self.price_derivatives(beta, coefficients)
         first = self.dX1[:1, :1]  # [1, 1, K1], the same row for every product
         derivatives = (first @ beta).unsqueeze(-1)  # [1, 1, 1]

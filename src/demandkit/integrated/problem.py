@@ -75,6 +75,16 @@ class IntegratedProblem:
         first period's mean utilities then solve the shares of that stationary population).
     device, dtype
         Where and in what precision to compute (the same code on CPU and GPU).
+
+    Attributes
+    ----------
+    product_frame : DataFrame
+        The product data as given, a DataFrame (with a fresh index), as ``Problem.product_frame``.
+    products : DataFrame
+        The same DataFrame. The integrated model has no PyBLP counterpart, so no record array: unlike
+        ``Problem.products``, this stays the aggregate product table.
+    micro : DataFrame
+        The household panel as given.
     """
 
     def __init__(
@@ -112,10 +122,10 @@ class IntegratedProblem:
         self.burn_in = int(burn_in)
         self.initial_state = initial_state
         self.device, self.dtype = resolve_device(device), dtype
-        self.products = as_frame(product_data, "product_data").reset_index(drop=True)
+        self.product_frame = as_frame(product_data, "product_data").reset_index(drop=True)
         self.micro = as_frame(micro_data, "micro_data").reset_index(drop=True)
-        self.aggregate = build_aggregate(self.products, self.product_formulations[1])
-        self.X2_labels = self.product_formulations[1].build_matrix(self.products.iloc[:1])[1] if self.K2 else []
+        self.aggregate = build_aggregate(self.product_frame, self.product_formulations[1])
+        self.X2_labels = self.product_formulations[1].build_matrix(self.product_frame.iloc[:1])[1] if self.K2 else []
         self.demographics_labels = [] if agent_formulation is None else sorted(agent_formulation.variables)
         self.situations = build_situations(self.micro, self.aggregate, self.burn_in, self.demographics_labels)
         self.dimensions = self.K2 + int(self.random_gamma)
@@ -127,8 +137,13 @@ class IntegratedProblem:
         )
         self.household_draws = self._household_draws()
         self.linear = build_linear_design(
-            self.products, self.product_formulations[0], self.aggregate.row_period, self.burn_in
+            self.product_frame, self.product_formulations[0], self.aggregate.row_period, self.burn_in
         )
+
+    @property
+    def products(self) -> pd.DataFrame:
+        """The product data as given, a DataFrame: the same table as :attr:`product_frame`."""
+        return self.product_frame
 
     @property
     def K2(self) -> int:
@@ -148,7 +163,8 @@ class IntegratedProblem:
         return "\n".join(
             [
                 "Integrated problem:",
-                f"  markets M = {M}, periods T = {T}, product slots J = {J}, aggregate rows N = {len(self.products)}",
+                f"  markets M = {M}, periods T = {T}, product slots J = {J}, "
+                f"aggregate rows N = {len(self.product_frame)}",
                 f"  households H = {s.household_ids.size}, choice situations in the likelihood = {s.household.size} "
                 f"(of {s.rows} household rows; burn-in {self.burn_in} periods)",
                 f"  X1: {self.product_formulations[0]}; X2: {self.product_formulations[1]}",
@@ -194,9 +210,9 @@ class IntegratedProblem:
             raise SpecificationError(f"se_type must be 'robust' or 'clustered'; received {se_type!r}.")
         clusters = None
         if se_type == "clustered":
-            if "clustering_ids" not in self.products.columns:
+            if "clustering_ids" not in self.product_frame.columns:
                 raise SpecificationError("se_type='clustered' needs a clustering_ids column in product_data.")
-            clusters = self.products["clustering_ids"].to_numpy()[self.linear.rows]
+            clusters = self.product_frame["clustering_ids"].to_numpy()[self.linear.rows]
         optimization = optimization or Optimization("l-bfgs-b", {"gtol": 1e-6})
         iteration = iteration or Iteration("squarem", {"atol": 1e-13})
         if iteration.method not in ("squarem", "simple"):
@@ -210,7 +226,7 @@ class IntegratedProblem:
         )  # fmt: skip
         shard = current_shard(distributed, self.device)
         pieces = (self.aggregate, self.situations, self.population, self.household_draws)
-        rows, households = np.arange(len(self.products)), np.arange(self.situations.household_ids.size)
+        rows, households = np.arange(len(self.product_frame)), np.arange(self.situations.household_ids.size)
         if shard is not None:
             work = np.bincount(self.situations.market, minlength=self.aggregate.shape[0]) + 1
             *pieces, rows, households = data_shard(*pieces, *shard.block(work))
@@ -243,7 +259,7 @@ class IntegratedProblem:
         a = self.aggregate
         used = self.linear.rows
         X1_formulation = self.product_formulations[0]
-        ids = X1_formulation.build_ids(self.products.iloc[used].reset_index(drop=True))
+        ids = X1_formulation.build_ids(self.product_frame.iloc[used].reset_index(drop=True))
         linear = linear_step(
             delta_rows[used], jacobian_rows[used], self.linear.X1, self.linear.ZD, ids, X1_formulation.absorb_method,
             covariance, clusters,

@@ -75,15 +75,15 @@ class IntegratedResults(Persistent):
         ``shares`` (equal to the observed shares) and the ``counterfactual_shares``.
         """
         problem = self.problem
-        frame = problem.products if product_data is None else pd.DataFrame(product_data).reset_index(drop=True)
+        frame = problem.product_frame if product_data is None else pd.DataFrame(product_data).reset_index(drop=True)
         keys = ["market_ids", "time_ids", "product_ids"]
-        if len(frame) != len(problem.products) or not frame[keys].equals(problem.products[keys]):
+        if len(frame) != len(problem.product_frame) or not frame[keys].equals(problem.product_frame[keys]):
             raise InvalidDataError(
                 "simulate's product_data must have the estimation data's rows (market_ids, time_ids, product_ids) "
                 "in the same order; change only characteristics."
             )
         X1 = problem.product_formulations[0]
-        change = (X1.build_matrix(frame)[0] - X1.build_matrix(problem.products)[0]) @ self.beta
+        change = (X1.build_matrix(frame)[0] - X1.build_matrix(problem.product_frame)[0]) @ self.beta
         a, engine = problem.aggregate, self.engine
         delta = torch.as_tensor(a.pad(self.delta[:, 0] + change), dtype=engine.dtype, device=engine.device)
         X2 = None
@@ -109,7 +109,7 @@ class IntegratedResults(Persistent):
         week moves this week's choices; later weeks would move through the state, see :meth:`simulate`).
         """
         problem = self.problem
-        frame = problem.products
+        frame = problem.product_frame
         if name not in frame.columns:
             raise InvalidDataError(f"compute_elasticities: {name!r} is not a column of product_data.")
         a, engine = problem.aggregate, self.engine

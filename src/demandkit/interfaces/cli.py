@@ -57,7 +57,7 @@ def _merger(arguments: argparse.Namespace) -> int:
     from ..blp.results import ProblemResults
 
     results = ProblemResults.from_pickle(arguments.results)
-    firm_ids = results.problem.products["firm_ids"].to_numpy().copy()
+    firm_ids = results.problem.product_frame["firm_ids"].to_numpy().copy()
     if arguments.firm_ids:
         column = pd.read_csv(arguments.firm_ids).iloc[:, -1].to_numpy()
         if column.shape[0] != firm_ids.shape[0]:

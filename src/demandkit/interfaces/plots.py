@@ -99,7 +99,7 @@ def plot_elasticities(
     rows = rows[np.argsort(layout.slot_of_row[rows])]
     block = getattr(results, method)()[rows, : rows.size]
     if labels is None:
-        products = results.problem.products
+        products = results.problem.product_frame
         labels = products["product_ids"].to_numpy()[rows] if "product_ids" in products else np.arange(rows.size)
     labels = [str(label) for label in labels]
     if len(labels) != rows.size:

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .product_coefficients import ProductCoefficients
+
 MASKED = -1e30
 """Utility given to padded product slots and log weight given to padded agent slots."""
 
@@ -74,8 +76,15 @@ def random_coefficients(
     return coefficients
 
 
-def heterogeneity(X2: Tensor, coefficients: Tensor) -> Tensor:
-    """Agent-specific utility :math:`\\mu_{ijt} = \\sum_k x^{(2)}_{jtk} c_{itk}`, ``[T, J, I]``."""
+def heterogeneity(X2: Tensor, coefficients: Tensor | ProductCoefficients) -> Tensor:
+    """Agent-specific utility :math:`\\mu_{ijt} = \\sum_k x^{(2)}_{jtk} c_{itk}`, ``[T, J, I]``.
+
+    With product-specific demographics the coefficients :math:`c_{ijtk}` vary by product
+    (:class:`~demandkit.kernels.product_coefficients.ProductCoefficients`). Given derivatives of X2 instead of X2,
+    this is the derivative of :math:`\\mu_{ijt}` with respect to a product variable.
+    """
+    if isinstance(coefficients, ProductCoefficients):
+        return coefficients.weigh(X2)
     return torch.einsum("tjk,tik->tji", X2, coefficients)
 
 
@@ -257,12 +266,11 @@ class ExpUtilities:
     padding: Tensor  # [T, J, 1] ([T, 1, J] with E_t), one in padded product slots and zero in real ones
     E_t: Tensor | None = None  # [T, I, J], E's transpose, kept for small problems (see build)
 
-    TRANSPOSED_LIMIT = 1 << 17
-    """Largest ``E`` (elements) that also keeps its transpose. With many small markets the second product of
-    :meth:`log_share_kernel` is about twice as fast with the vector on the left of a contiguous ``[I, J]`` matrix
-    (Nevo's ``[94, 24, 20]``: 7 instead of 15 microseconds on one core), since BLAS's per-market overhead
-    dominates; from a few hundred thousand elements the gain is under a fifth and the second copy of ``E`` is not
-    made."""
+    TRANSPOSED_LIMIT = (1 << 12, 1 << 20)
+    """Largest market (``J x I`` elements) and largest ``E`` for which ``E``'s transpose is kept too. Where BLAS's
+    fixed cost per market dominates, the second product of :meth:`log_share_kernel` is about twice as fast with the
+    vector on the left of a contiguous ``[I, J]`` matrix (Nevo's ``[94, 24, 20]``: 7 instead of 15 microseconds on
+    one core); for larger markets the gain falls under a fifth and the second copy of ``E`` is not made."""
 
     @classmethod
     def build(cls, mu: Tensor, product_mask: Tensor, weights: Tensor) -> ExpUtilities:
@@ -271,7 +279,8 @@ class ExpUtilities:
         peak = E.amax(dim=1, keepdim=True).clamp_min_(0)  # [T, 1, I]
         E.sub_(peak).exp_()
         padding = (~mask).to(mu.dtype)
-        if E.numel() <= cls.TRANSPOSED_LIMIT and E.device.type == "cpu":
+        market, whole = cls.TRANSPOSED_LIMIT
+        if E.shape[1] * E.shape[2] <= market and E.numel() <= whole and E.device.type == "cpu":
             return cls(
                 E, torch.exp(-peak), weights.unsqueeze(1), padding.transpose(1, 2), E.transpose(1, 2).contiguous()
             )

@@ -48,6 +48,7 @@ from ..blp.economy import check_epsilon_scale, first_agent_rows
 from ..blp.equilibrium import PriceDemand, linear_in_prices, solve_equilibrium
 from ..blp.extended_moments import lag_indices
 from ..blp.problem import Problem
+from ..blp.records import cached_product_records
 from ..blp.supply import SupplyModel
 from ..configurations.formulation import Formulation
 from ..configurations.integration import Integration
@@ -112,7 +113,8 @@ class Simulation:
     agent_formulation : Formulation, optional
         Demographics :math:`d`; missing variables are drawn from :math:`U(0, 1)`.
     agent_data : DataFrame or mapping, optional
-        ``market_ids``, ``weights``, ``nodes0..`` (unless ``integration`` is given) and demographics.
+        ``market_ids``, ``weights``, ``nodes0..`` (unless ``integration`` is given) and demographics; a
+        product-specific demographic as ``name0, name1, ...`` (:class:`~demandkit.Problem`'s ``agent_data``).
     integration : Integration, optional
         Builds ``K2``-dimensional nodes and weights for every market.
     xi, omega : array-like, optional
@@ -197,6 +199,13 @@ class Simulation:
         self._parameters(beta, sigma, pi, gamma, rho)
         self._errors(state, xi, omega, xi_variance, omega_variance, correlation, phi)
 
+    @property
+    def products(self) -> np.recarray:
+        """PyBLP's ``Simulation.products``: the record array of the simulated product data
+        (:mod:`demandkit.blp.records`) with the drawn prices and shares, without instruments (``ZD``, ``ZS`` and
+        ``ZC`` have no columns)."""
+        return cached_product_records(self, self.problem, instruments=False)
+
     # ------------------------------------------------------------------ data
     def _products(self, frame: pd.DataFrame, state: np.random.RandomState) -> pd.DataFrame:
         require_columns(frame, ["market_ids", "firm_ids"], "product_data")
@@ -237,12 +246,14 @@ class Simulation:
             frame[f"nodes{k}"] = nodes[:, k]
         if self.agent_formulation is not None:
             for name in sorted(self.agent_formulation.variables - _RESERVED_AGENT):
-                if loaded is not None and name in loaded.columns:
-                    values = loaded[name].to_numpy()
+                # a product-specific demographic comes as name0, name1, ... (PyBLP's), never drawn
+                given = [] if loaded is None else [name] if name in loaded.columns else numbered_columns(loaded, name)
+                for column in given:
+                    values = loaded[column].to_numpy()
                     if self.integration is not None:
-                        values = first_agent_rows(values, loaded["market_ids"].to_numpy(), agent_markets, repr(name))
-                    frame[name] = values
-                else:
+                        values = first_agent_rows(values, loaded["market_ids"].to_numpy(), agent_markets, repr(column))
+                    frame[column] = values
+                if not given:
                     frame[name] = state.uniform(size=len(frame))
         return frame
 
@@ -505,7 +516,7 @@ class Simulation:
             raise SpecificationError(f"{argument} must be an untransformed variable in the formulation for {matrix}.")
         if name == endogenous:
             raise SpecificationError(f"{argument} must be an exogenous variable, not {endogenous!r}.")
-        depends = np.any(self.product_formulations[which].derivative_matrix(p.products, name) != 0, axis=0)
+        depends = np.any(self.product_formulations[which].derivative_matrix(p.product_frame, name) != 0, axis=0)
         if int(depends.sum()) > 1:
             raise SpecificationError(f"{argument} {name!r} must appear only once in the formulation for {matrix}.")
         others = [f for k, f in enumerate(self.product_formulations) if k != which and f is not None]
