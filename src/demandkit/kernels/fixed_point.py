@@ -156,6 +156,7 @@ def iterate_squarem(
     norm = options["norm"]
     norm_mask = mask if callable(norm) else None  # a user's norm sees only real products
     calls = frozen = 0
+    frozen_rows = torch.zeros((T, 1), dtype=torch.bool, device=device)  # (tolerance < 0), kept as a column
 
     def G(value: Tensor) -> Tensor:
         nonlocal calls
@@ -180,6 +181,7 @@ def iterate_squarem(
             x = torch.where(newly.unsqueeze(-1), candidate, x)
         frozen_at.masked_fill_(newly, calls)
         tolerance.masked_fill_(newly, -1.0)
+        frozen_rows.logical_or_(newly.unsqueeze(-1))
         frozen += int(newly.sum())
         return frozen == T
 
@@ -203,7 +205,7 @@ def iterate_squarem(
                 v, dim=-1, keepdim=True
             )
         alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0).clamp_(step_min, step_max)
-        accelerated = torch.addcmul(torch.addcmul(x_start, 2 * alpha, r), alpha * alpha, v)
+        accelerated = torch.addcmul(torch.addcmul(x_start, alpha, r, value=2), alpha * alpha, v)
         x3 = G(accelerated)
         step_max = torch.where(alpha == step_max, step_max * factor, step_max)
         if negative_min:
@@ -214,7 +216,7 @@ def iterate_squarem(
             finite = torch.isfinite(x3).all(-1, keepdim=True)
             candidate, previous = torch.where(finite, x3, x2), torch.where(finite, accelerated, x1)
         newly = newly_met(candidate - previous, previous)
-        x = torch.where((tolerance < 0).unsqueeze(-1), x, candidate)  # markets still iterating move on
+        x = torch.where(frozen_rows, x, candidate)  # markets still iterating move on
         if freeze(newly, None) or calls >= budget:
             break
     evaluations = torch.where(tolerance < 0, frozen_at, calls)
