@@ -75,11 +75,11 @@ def test_hessian_matches_second_differences_of_the_objective(case):
     """The Hessian from central differences of the analytic gradient against second differences of the objective
     values alone, :math:`(q(\\theta + h e_p + h e_r) - q(\\theta + h e_p - h e_r) - q(\\theta - h e_p + h e_r)
     + q(\\theta - h e_p - h e_r))/4h^2`."""
-    from demandkit.blp.estimation import _hessian
+    from demandkit.blp.hessian import objective_hessian
 
     objective, theta, labels = _objective(CASES[case])
     objective(theta)
-    hessian = _hessian(objective, theta)
+    hessian = objective_hessian(objective, theta)
     h = 1e-4
     for p in range(theta.size):
         for r in range(p, theta.size):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -237,22 +238,38 @@ class DemandModel:
                 return torch.where(self.mask, x + damp * (target - log_shares), 0.0)
 
             contraction = exact_contraction
-            fast = None
+            fast = restrict = None
             if logit:
                 fast = ExpUtilities.build(mu, self.mask, self.weights)
 
-                def contraction(x: Tensor) -> Tensor:
-                    """:math:`\\delta + \\log S - \\log s(\\delta)` via the exponentiated kernel (padded slots
-                    zero); the log-space kernel where a share underflows or overflows."""
-                    update = target - fast.log_share_kernel(x)
-                    if math.isfinite(update.sum().item()):  # any NaN or infinity makes the sum non-finite
-                        # shares clipped to shares_bounds (an underflowing one is clipped in the log-space kernel)
-                        return update if gaps is None else ShareClipping.bound_update(update, x, gaps)
-                    return exact_contraction(x)
+                def restrict(markets: Tensor | None) -> Callable[[Tensor], Tensor]:
+                    """The contraction via the exponentiated kernel on the markets ``markets`` (None: all)."""
+                    utilities = fast if markets is None else fast.select(markets)
+                    goal = target if markets is None else target.index_select(0, markets)
+                    bounds = gaps
+                    if markets is not None and gaps is not None:
+                        bounds = tuple(None if gap is None else gap.index_select(0, markets) for gap in gaps)
+
+                    def contraction(x: Tensor) -> Tensor:
+                        """:math:`\\delta + \\log S - \\log s(\\delta)` (padded slots zero); the log-space kernel
+                        where a share underflows or overflows."""
+                        update = goal - utilities.log_share_kernel(x)
+                        if math.isfinite(update.sum().item()):  # any NaN or infinity makes the sum non-finite
+                            # shares clipped to shares_bounds (an underflowing one is clipped in the log-space kernel)
+                            return update if bounds is None else ShareClipping.bound_update(update, x, bounds)
+                        if markets is None:
+                            return exact_contraction(x)
+                        # the log-space kernel on every market (the others at their start), read at these markets
+                        return exact_contraction(start.index_copy(0, markets, x)).index_select(0, markets)
+
+                    return contraction
+
+                contraction = restrict(None)
 
             back = None
             if "nonlinear" in fp_type and method in ("simple", "squarem"):  # PyBLP's iteration on exp(delta)
                 contraction, start, back = exponentiated(contraction, start, self.mask)
+                restrict = None
 
             if method == "return":
                 ones = torch.ones(T, dtype=torch.int64, device=start.device)
@@ -288,10 +305,11 @@ class DemandModel:
                     solver = iterate_simple if method == "simple" else iterate_squarem
                     # inference mode skips autograd's bookkeeping on each of the loop's many small operations
                     # (about a tenth of their fixed cost on the CPU); its tensors are cloned back out below
-                    # every contraction above holds padded slots at zero
-                    padding = {} if method == "simple" else {"keeps_padding": True}
+                    # every contraction above holds padded slots at zero; SQUAREM drops the frozen markets from its
+                    # batch as it goes (restrict) where the contraction can be narrowed to some markets
+                    narrowing = {} if method == "simple" else {"keeps_padding": True, "restrict": restrict}
                     with torch.inference_mode():
-                        result = solver(contraction, start, self.mask, options, **padding)
+                        result = solver(contraction, start, self.mask, options, **narrowing)
                     result = FixedPointResult(*(getattr(result, f.name).clone() for f in dataclasses.fields(result)))
 
             result = result if back is None else back(result)

@@ -23,7 +23,7 @@ finite utility :data:`MASKED` so that their exponentials are exactly zero and no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -285,6 +285,11 @@ class ExpUtilities:
                 E, torch.exp(-peak), weights.unsqueeze(1), padding.transpose(1, 2), E.transpose(1, 2).contiguous()
             )
         return cls(E, torch.exp(-peak), weights.unsqueeze(1), padding)
+
+    def select(self, markets: Tensor) -> ExpUtilities:
+        """The same for the markets ``markets`` (indices) alone."""
+        values = (getattr(self, field.name) for field in fields(self))
+        return ExpUtilities(*(None if value is None else value.index_select(0, markets) for value in values))
 
     def denominators(self, exponentials: Tensor) -> Tensor:
         """:math:`o_{it} + \\sum_k e^{\\delta_{kt}}E_{ikt}`, ``[T, 1, I]``, from :math:`e^{\\delta}`."""
