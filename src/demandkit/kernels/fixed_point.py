@@ -34,6 +34,9 @@ class FixedPointResult:
 MIN_RESTRICTED = 8
 """Fewest markets in a batch that :func:`iterate_squarem` narrows to its markets still iterating."""
 
+RESTRICT_SHARE = 0.5
+"""The share of a batch's markets frozen at which :func:`iterate_squarem` narrows it to the others."""
+
 # whether each callable norm could be batched with torch.vmap (a numpy norm cannot); weakly keyed by the norm
 _VMAPPABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -223,7 +226,7 @@ def iterate_squarem(
         contraction = restrict(rows)
 
     while True:
-        if restrict is not None and 2 * frozen >= x.shape[0] >= MIN_RESTRICTED:
+        if restrict is not None and frozen >= RESTRICT_SHARE * x.shape[0] and x.shape[0] >= MIN_RESTRICTED:
             settle(torch.nonzero(~frozen_rows.squeeze(-1)).squeeze(-1))
         x_start = x
         x1 = G(x_start)
