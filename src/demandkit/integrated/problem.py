@@ -80,9 +80,6 @@ class IntegratedProblem:
     ----------
     product_frame : DataFrame
         The product data as given, a DataFrame (with a fresh index), as ``Problem.product_frame``.
-    products : DataFrame
-        The same DataFrame. The integrated model has no PyBLP counterpart, so no record array: unlike
-        ``Problem.products``, this stays the aggregate product table.
     micro : DataFrame
         The household panel as given.
     """
@@ -142,7 +139,9 @@ class IntegratedProblem:
 
     @property
     def products(self) -> pd.DataFrame:
-        """The product data as given, a DataFrame: the same table as :attr:`product_frame`."""
+        """The product data as given, a DataFrame: the same table as :attr:`product_frame`. The integrated model has
+        no PyBLP counterpart, so no record array: unlike ``Problem.products``, this stays the aggregate product
+        table."""
         return self.product_frame
 
     @property
