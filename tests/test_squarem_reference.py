@@ -147,3 +147,68 @@ def test_batched_squarem_equals_per_market_reference(scheme: int, settings: dict
         assert torch.equal(result.converged, done)
         assert torch.equal(result.evaluations[done], results[0].evaluations[done])
         torch.testing.assert_close(result.values[done], results[0].values[done], rtol=1e-13, atol=1e-14)
+
+
+def test_narrowed_inversion_with_the_log_space_fallback_equals_the_whole_batch(monkeypatch) -> None:
+    """Every market has a product whose exponentiated utility underflows for every agent, so each share evaluation
+    falls back to the log-space kernel; once the batch is narrowed to the markets still iterating, the fallback runs
+    on them alone. Narrowing or not gives the same mean utilities and counts, and the shares are matched."""
+    import pandas as pd
+
+    import demandkit as dk
+    from demandkit.blp.demand import DemandModel
+    from demandkit.kernels import fixed_point
+
+    rng = np.random.default_rng(7)
+    T, J, I = 16, 4, 20
+    markets = np.repeat(np.arange(T), J)
+    x = rng.uniform(-1, 1, T * J)
+    x[::J] = -800.0  # mu = x * income with income in [1, 2]: exp(mu - max mu) underflows for every agent
+    shares = rng.uniform(0.02, 0.2, T * J)
+    products = pd.DataFrame({"market_ids": markets, "shares": shares, "prices": rng.uniform(1, 2, T * J), "x": x})
+    agents = pd.DataFrame(
+        {
+            "market_ids": np.repeat(np.arange(T), I),
+            "weights": 1.0 / I,
+            "nodes0": rng.normal(size=T * I),
+            "income": rng.uniform(1, 2, T * I),
+        }
+    )
+    problem = dk.Problem(
+        (dk.Formulation("0 + prices"), dk.Formulation("0 + x")), products, dk.Formulation("0 + income"), agents
+    )
+    model = DemandModel(problem)
+    sigma = torch.zeros((1, 1), dtype=torch.float64)
+    pi = torch.ones((1, 1), dtype=torch.float64)
+    rho = torch.zeros(0, dtype=torch.float64)
+    options = dk.Iteration("squarem", {"atol": 1e-13}).options
+    from demandkit.kernels.shares import ExpUtilities
+
+    calls = {"select": 0, "fallback after narrowing": 0}
+    select, log_shares = ExpUtilities.select, DemandModel.log_shares
+
+    def counted_select(self, markets):
+        calls["select"] += 1
+        return select(self, markets)
+
+    def counted_log_shares(self, *args):
+        calls["fallback after narrowing"] += calls["select"] > 0
+        return log_shares(self, *args)
+
+    monkeypatch.setattr(ExpUtilities, "select", counted_select)
+    monkeypatch.setattr(DemandModel, "log_shares", counted_log_shares)
+    outcomes = []
+    for share in (0.5, 2.0):  # narrowed once half the markets are frozen; never narrowed
+        monkeypatch.setattr(fixed_point, "RESTRICT_SHARE", share)
+        inversion = model.invert(sigma, pi, rho, model.logit_delta, "squarem", options)
+        outcomes.append(inversion.result)
+        if share < 1:
+            assert calls["select"] > 0 and calls["fallback after narrowing"] > 0
+    narrowed, whole = outcomes
+    assert bool(whole.converged.all()) and torch.equal(narrowed.converged, whole.converged)
+    assert torch.equal(narrowed.evaluations, whole.evaluations)
+    assert len(set(whole.evaluations.tolist())) > 1  # markets stop at different evaluations: the batch narrows
+    torch.testing.assert_close(narrowed.values, whole.values, rtol=1e-13, atol=1e-12)
+    mu = model.mu(sigma, pi)
+    fitted = model.log_shares(whole.values, mu, rho)
+    torch.testing.assert_close(fitted[model.mask], model.log_market_shares[model.mask], rtol=0, atol=1e-10)
