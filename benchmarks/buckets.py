@@ -28,8 +28,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,12 +119,7 @@ def worker(design: str, folder: str, buckets: int | None) -> dict:
 
 
 def run(arguments: list[str]) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), *arguments]
-    done = subprocess.run(command, capture_output=True, text=True, env=_harness.worker_env(1))
-    if done.returncode != 0:
-        raise RuntimeError(f"worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_harness.RESULT_PREFIX)]
-    return json.loads(lines[0][len(_harness.RESULT_PREFIX) :])
+    return _harness.run_worker([os.path.abspath(__file__), *arguments], 1)
 
 
 def main() -> None:

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -178,16 +176,11 @@ def pyblp_worker(folder: Path, markets: int) -> dict:
 
 
 def run(arguments: list[str], processes: int = 1) -> dict:
-    script = os.path.abspath(__file__)
-    if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
-    else:
-        command = [sys.executable]
-    done = subprocess.run([*command, script, *arguments], capture_output=True, text=True, env=_harness.worker_env(1))
-    if done.returncode != 0:
-        raise RuntimeError(f"worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_harness.RESULT_PREFIX)]
-    return json.loads(lines[0][len(_harness.RESULT_PREFIX) :])
+    """A worker in a fresh process, or in ``processes`` processes launched by torchrun."""
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
+    )
+    return _harness.run_worker([*launcher, os.path.abspath(__file__), *arguments], 1)
 
 
 def main() -> None:
